@@ -1,0 +1,89 @@
+"""Models and data built locally from configs, so tests and benchmarks never touch the network.
+
+Tokenizers are trained on a small generated corpus of review-like sentences; models are randomly
+initialised GPT-2 (policy) and DistilBERT (sequence classifier with NEGATIVE/POSITIVE labels).
+"""
+
+import json
+import random
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from transformers import (
+    DistilBertConfig,
+    DistilBertForSequenceClassification,
+    DistilBertTokenizerFast,
+    GPT2Config,
+    GPT2LMHeadModel,
+    GPT2TokenizerFast,
+)
+
+SUBJECTS = ["this movie", "the film", "the plot", "the acting", "the ending", "the cast", "the story", "the music"]
+VERBS = ["was", "is", "felt", "seemed", "looked", "became"]
+ADJECTIVES = ["great", "good", "fine", "bad", "awful", "boring", "slow", "fun", "long", "dark", "funny", "odd"]
+TAILS = ["to me", "at times", "in the end", "from the start", "overall", "for a while", "and then some"]
+
+
+def corpus(n: int, seed: int = 0) -> list[str]:
+    """n short review-like texts of 3-6 sentences."""
+    rng = random.Random(seed)
+    sentence = lambda: f"{rng.choice(SUBJECTS)} {rng.choice(VERBS)} {rng.choice(ADJECTIVES)} {rng.choice(TAILS)}."
+    return [" ".join(sentence().capitalize() for _ in range(rng.randint(3, 6))) for _ in range(n)]
+
+
+def write_dataset(path: Path, n: int = 256, seed: int = 0) -> Path:
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in corpus(n, seed)))
+    return path
+
+
+def gpt2_tokenizer(vocab_size: int = 512) -> GPT2TokenizerFast:
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(corpus(500), trainer)
+    return GPT2TokenizerFast(tokenizer_object=tok, model_max_length=1024, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
+                             unk_token="<|endoftext|>")
+
+
+def bert_tokenizer() -> DistilBertTokenizerFast:
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok.train_from_iterator(corpus(500), trainers.WordPieceTrainer(vocab_size=200, special_tokens=special))
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
+        special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))])
+    return DistilBertTokenizerFast(tokenizer_object=tok, model_max_length=128, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                   sep_token="[SEP]", mask_token="[MASK]")
+
+
+def build_policy(out: Path, size: str = "tiny", vocab_size: int | None = None) -> Path:
+    """GPT-2 policy + tokenizer saved to `out`. size: tiny (2 layers, 32 wide) or gpt2 (124M, GPT2Config())."""
+    tokenizer = gpt2_tokenizer()
+    if size == "gpt2":
+        config = GPT2Config()  # the real GPT-2 small shapes: 12 layers, 768 wide, vocab 50257
+        tokenizer.add_tokens([f"<extra_{i}>" for i in range(config.vocab_size - len(tokenizer))])
+    else:
+        config = GPT2Config(vocab_size=vocab_size or len(tokenizer), n_positions=128, n_embd=32, n_layer=2, n_head=2)
+    config.bos_token_id = config.eos_token_id = tokenizer.eos_token_id
+    GPT2LMHeadModel(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def build_classifier(out: Path, size: str = "tiny") -> Path:
+    """DistilBERT sequence classifier (NEGATIVE/POSITIVE) + tokenizer. size: tiny or distilbert (66M)."""
+    tokenizer = bert_tokenizer()
+    labels = {"id2label": {0: "NEGATIVE", 1: "POSITIVE"}, "label2id": {"NEGATIVE": 0, "POSITIVE": 1}}
+    if size == "distilbert":
+        config = DistilBertConfig(vocab_size=30522, **labels)
+    else:
+        config = DistilBertConfig(vocab_size=len(tokenizer), dim=32, n_layers=2, n_heads=2, hidden_dim=64,
+                                  max_position_embeddings=128, **labels)
+    DistilBertForSequenceClassification(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
