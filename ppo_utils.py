@@ -11,6 +11,7 @@ import random
 import re
 import shutil
 import sys
+import typing
 from pathlib import Path
 
 import numpy as np
@@ -67,11 +68,10 @@ def parse_config(parser, argv: list[str]):
         text = str(e)
         if text.startswith("Some specified"):  # unused YAML keys or command-line words
             raise unknown(text) from None
-        if "must be a multiple of" in text:
+        if "must be a multiple of" in text:  # PPOConfig's exact_div check
             raise RunError(
-                f"{text.split(', inexact')[0].strip('`')}: {text.split('division: ')[1]}; "
-                "change batch_size, mini_batch_size or gradient_accumulation_steps so they divide exactly"
-            ) from None
+                f"batch_size must be a multiple of mini_batch_size * gradient_accumulation_steps (got "
+                f"{text.split('division: ')[1]}); change one of them so the division is exact") from None
         raise RunError(f"invalid setting: {text}") from None
     finally:
         sys.argv = saved_argv
@@ -86,7 +86,10 @@ def check_types(*dataclass_objects) -> None:
             value, kind = getattr(obj, f.name), f.type  # HfArgumentParser has already unwrapped Optional[X]
             if value is None and f.default is None:
                 continue
-            if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            if typing.get_origin(kind) is typing.Literal:
+                if value not in typing.get_args(kind):
+                    raise RunError(f"setting '{f.name}' must be one of {list(typing.get_args(kind))}, got {value!r}")
+            elif kind is float and isinstance(value, int) and not isinstance(value, bool):
                 setattr(obj, f.name, float(value))
             elif kind in (int, float, str, bool) and not (
                 isinstance(value, kind) and (kind is bool or not isinstance(value, bool))

@@ -61,16 +61,39 @@ def bert_tokenizer() -> DistilBertTokenizerFast:
                                    sep_token="[SEP]", mask_token="[MASK]")
 
 
-def build_policy(out: Path, size: str = "tiny", vocab_size: int | None = None) -> Path:
-    """GPT-2 policy + tokenizer saved to `out`. size: tiny (2 layers, 32 wide) or gpt2 (124M, GPT2Config())."""
+def pretrain(model, tokenizer, steps: int = 150, seed: int = 0) -> None:
+    """A few seconds of language modelling on the corpus, so the tiny policy writes review-like text."""
+    import torch
+
+    torch.manual_seed(seed)
+    texts = corpus(steps * 16, seed=seed + 1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for i in range(steps):
+        batch = tokenizer(texts[i * 16 : (i + 1) * 16], return_tensors="pt", truncation=True, max_length=48,
+                          padding=True)
+        labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+        model(**batch, labels=labels).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+
+
+def build_policy(out: Path, size: str = "tiny", pretrain_steps: int = 150) -> Path:
+    """GPT-2 policy + tokenizer saved to `out`. size: tiny (2 layers, 32 wide, briefly pretrained on the
+    corpus) or gpt2 (124M, GPT2Config(), random)."""
     tokenizer = gpt2_tokenizer()
     if size == "gpt2":
         config = GPT2Config()  # the real GPT-2 small shapes: 12 layers, 768 wide, vocab 50257
         tokenizer.add_tokens([f"<extra_{i}>" for i in range(config.vocab_size - len(tokenizer))])
     else:
-        config = GPT2Config(vocab_size=vocab_size or len(tokenizer), n_positions=128, n_embd=32, n_layer=2, n_head=2)
-    config.bos_token_id = config.eos_token_id = tokenizer.eos_token_id
-    GPT2LMHeadModel(config).save_pretrained(out)
+        config = GPT2Config(vocab_size=len(tokenizer), n_positions=128, n_embd=32, n_layer=2, n_head=2)
+    config.bos_token_id = config.eos_token_id = config.pad_token_id = tokenizer.eos_token_id
+    model = GPT2LMHeadModel(config)
+    if size == "tiny" and pretrain_steps:
+        tokenizer.pad_token = tokenizer.eos_token
+        pretrain(model, tokenizer, pretrain_steps)
+    model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
 

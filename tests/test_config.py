@@ -1,0 +1,63 @@
+"""Settings: defaults < YAML < command line, unknown keys and bad values rejected in one sentence."""
+
+import pytest
+from trl import PPOConfig
+from trl.commands.cli_utils import TrlParser
+
+from ppo_utils import RunError, check_types, parse_config
+from train_ppo import ScriptArguments
+
+
+def parse(*argv):
+    args, config = parse_config(TrlParser((ScriptArguments, PPOConfig)), [str(a) for a in argv])
+    check_types(args, config)
+    return args, config
+
+
+def test_defaults_yaml_cli_precedence(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("learning_rate: 2.0e-5\nbatch_size: 64\nmini_batch_size: 16\nreward_fn: vader\n"
+                   "reward_kwargs: {a: 1}\nresponse_max_tokens: 12\n")
+    args, config = parse("--config", cfg, "--learning_rate", "1e-5", "--reward_kwargs", '{"b": 2}')
+    assert config.learning_rate == 1e-5  # CLI beats YAML
+    assert config.batch_size == 64 and args.reward_fn == "vader" and args.response_max_tokens == 12  # YAML
+    assert args.reward_kwargs == {"b": 2}
+    assert config.init_kl_coef == 0.2 and config.adap_kl_ctrl and config.target == 6  # defaults
+    assert (args.top_k, args.top_p, args.do_sample, args.min_length) == (0, 1.0, True, -1)
+
+
+def test_shipped_configs_parse():
+    from pathlib import Path
+
+    for path in sorted(Path(__file__).parents[1].glob("configs/*.yaml")):
+        args, config = parse("--config", path)
+        assert config.steps >= 1 and args.output_dir
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--learnin_rate", "1e-5"], "unknown setting 'learnin_rate': did you mean 'learning_rate'?"),
+    (["--steps", "many"], "argument --steps: invalid int value: 'many'"),
+    (["--batch_size", "10", "--mini_batch_size", "4"],
+     "batch_size must be a multiple of mini_batch_size * gradient_accumulation_steps (got 10 / 4 = 2.5)"),
+    (["--config", "nowhere.yaml"], "config file 'nowhere.yaml' not found"),
+    (["--torch_dtype", "float8"], "argument --torch_dtype/--torch-dtype: invalid choice: 'float8'"),
+])
+def test_bad_command_line(argv, message):
+    with pytest.raises(RunError) as e:
+        parse(*argv)
+    assert str(e.value).startswith(message) and e.value.code == 2 and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("yaml_text, message", [
+    ("learnin_rate: 1.0e-5\n", "unknown setting 'learnin_rate': did you mean 'learning_rate'?"),
+    ("steps: 1.5\n", "setting 'steps' must be a int, got 1.5"),
+    ("reward_fn: 3\n", "setting 'reward_fn' must be a str, got 3"),
+    ("adap_kl_ctrl: maybe\n", "argument --adap_kl_ctrl/--adap-kl-ctrl: Truthy value expected: got maybe"),
+    ("torch_dtype: float8\n", "setting 'torch_dtype' must be one of"),
+])
+def test_bad_yaml(tmp_path, yaml_text, message):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml_text)
+    with pytest.raises(RunError) as e:
+        parse("--config", cfg)
+    assert str(e.value).startswith(message) and "\n" not in str(e.value)

@@ -1,0 +1,106 @@
+"""reward.py functions on fixed strings, and the contract train_ppo.py enforces on any reward function."""
+
+import math
+
+import pytest
+
+import reward
+from ppo_utils import RunError, compute_rewards, load_reward_fn
+
+POSITIVE = "What a wonderful, beautiful and moving film. I loved every minute!"
+NEGATIVE = "A terrible, boring and ugly mess. I hated every minute."
+
+
+def test_vader_orders_positive_above_negative():
+    scores = reward.vader(["", ""], [POSITIVE, NEGATIVE])
+    assert scores[0] > 0.5 > -0.5 > scores[1]
+    assert all(-1.0 <= s <= 1.0 for s in scores)
+    assert reward.vader([""], [""]) == [0.0]
+
+
+def test_sentiment_classifier_one_float_per_text(tiny):
+    prompts, responses = ["The movie", "The plot", "It"], [" was great.", " felt awful.", ""]
+    scores = reward.sentiment_classifier(prompts, responses, model=tiny["classifier"], batch_size=2)
+    assert len(scores) == 3 and all(isinstance(s, float) and math.isfinite(s) for s in scores)
+    # the raw POSITIVE logit: different texts give different scores, and the same text the same one
+    assert len(set(scores)) == 3
+    assert reward.sentiment_classifier(prompts[:1], responses[:1], model=tiny["classifier"]) == \
+        pytest.approx(scores[:1], rel=1e-4)
+    # the pipeline is loaded once per (model, device, dtype), not per call
+    assert reward._text_classifier.cache_info().currsize == 1
+
+
+def test_sentiment_classifier_unknown_label(tiny):
+    with pytest.raises(ValueError, match="label 'GOOD' is not one of the classifier's labels"):
+        reward.sentiment_classifier(["a"], ["b"], model=tiny["classifier"], positive_label="GOOD")
+
+
+def test_keyword_counts_words():
+    assert reward.keyword(["", "", ""], ["Great, great fun!", "nothing here", "GREAT."], keywords=["great"]) == \
+        [2.0, 0.0, 1.0]
+
+
+def test_load_reward_fn_by_name_and_by_file(tmp_path):
+    assert load_reward_fn("vader") is reward.vader
+    user = tmp_path / "my_rewards.py"
+    user.write_text("def shout(prompts, responses, **kw):\n    return [float(r.count('!')) for r in responses]\n")
+    fn = load_reward_fn(f"{user}:shout")
+    assert compute_rewards(fn, ["a", "b"], ["hi!!", "no"], {}) == [2.0, 0.0]
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("no_such_reward", "reward_fn 'no_such_reward': no function 'no_such_reward' in"),
+    ("missing_file.py:fn", "reward_fn 'missing_file.py:fn': file 'missing_file.py' not found"),
+])
+def test_load_reward_fn_errors(spec, message):
+    with pytest.raises(RunError) as e:
+        load_reward_fn(spec)
+    assert str(e.value).startswith(message) and e.value.code == 2
+
+
+def test_unknown_reward_lists_the_available_ones():
+    with pytest.raises(RunError, match=r"available: \['keyword', 'sentiment_classifier', 'vader'\]$"):
+        load_reward_fn("no_such_reward")
+
+
+def test_load_reward_fn_broken_file(tmp_path):
+    broken = tmp_path / "broken.py"
+    broken.write_text("import not_a_module\n")
+    with pytest.raises(RunError, match="importing .* failed: ModuleNotFoundError"):
+        load_reward_fn(f"{broken}:fn")
+
+
+@pytest.mark.parametrize("returned, message", [
+    ([1.0], "returned 1 values for 2 responses"),
+    ([1.0, 2.0, 3.0], "returned 3 values for 2 responses"),
+    (None, "returned NoneType for 2 responses"),
+    ([1.0, "high"], "returned a non-number at index 1: 'high'"),
+    ([1.0, True], "returned a non-number at index 1: True"),
+    ([float("nan"), 1.0], "returned nan at index 0"),
+    ([1.0, float("-inf")], "returned -inf at index 1"),
+])
+def test_reward_contract(returned, message):
+    def my_reward(prompts, responses, **kwargs):
+        return returned
+
+    with pytest.raises(RunError) as e:
+        compute_rewards(my_reward, ["p1", "p2"], ["r1", "r2"], {})
+    assert str(e.value).startswith(f"reward function 'my_reward' {message}") and e.value.code == 2
+
+
+def test_reward_contract_accepts_numbers_of_any_kind():
+    import numpy as np
+    import torch
+
+    fn = lambda prompts, responses: [1, np.float32(0.5), torch.tensor(2.0)]  # noqa: E731
+    assert compute_rewards(fn, ["a"] * 3, ["b"] * 3, {}) == [1.0, 0.5, 2.0]
+
+
+def test_reward_that_raises_names_the_sample():
+    def fragile(prompts, responses, **kwargs):
+        return [1.0 / len(r) for r in responses]
+
+    with pytest.raises(RunError) as e:
+        compute_rewards(fragile, ["p0", "p1", "p2"], ["ok", "", "fine"], {})
+    assert str(e.value) == ("reward function 'fragile' raised ZeroDivisionError: float division by zero — on sample 1: "
+                            "prompt='p1' response=''")
