@@ -180,7 +180,8 @@ STEP_DIR = re.compile(r"^step-(\d+)$")
 
 def list_checkpoints(output_dir: str) -> list[Path]:
     root = Path(output_dir, "checkpoints")
-    found = [p for p in root.iterdir() if STEP_DIR.match(p.name)] if root.is_dir() else []
+    found = [p for p in root.iterdir() if STEP_DIR.match(p.name) and (p / "trainer_state.json").is_file()] \
+        if root.is_dir() else []
     return sorted(found, key=lambda p: int(STEP_DIR.match(p.name).group(1)))
 
 

@@ -25,6 +25,7 @@ from typing import Literal, Optional
 warnings.filterwarnings("ignore", category=FutureWarning)  # TRL 0.11 marks PPOConfig/PPOTrainer deprecated
 
 import torch
+import transformers
 import yaml
 from accelerate import PartialState
 from datasets import disable_progress_bars, load_dataset
@@ -123,6 +124,8 @@ def from_pretrained(cls, path: str, what: str, **kwargs):
     except OSError as e:
         if os.path.isdir(path):
             raise RunError(f"{what} '{path}' could not be loaded: {str(e).splitlines()[0]}") from None
+        if path.startswith(("/", ".", "~")) or path.count("/") > 1:  # a path, not a hub id like org/name
+            raise RunError(f"{what}: directory '{path}' not found; point it to a saved model directory") from None
         raise RunError(f"{what} '{path}' is not a local directory and could not be fetched from the Hugging Face "
                        f"Hub (offline or unreachable); on a connected machine run `huggingface-cli download {path} "
                        f"--local-dir DIR` and set {what} to DIR, or run `make train` for the offline "
@@ -132,8 +135,13 @@ def from_pretrained(cls, path: str, what: str, **kwargs):
 def load_model(path: str, what: str, args: ScriptArguments):
     """Causal LM with a value head, dropout off unless asked for."""
     dtype = args.torch_dtype if args.torch_dtype == "auto" else getattr(torch, args.torch_dtype)
-    model = from_pretrained(AutoModelForCausalLMWithValueHead, path, what, dtype=dtype,
-                            trust_remote_code=args.trust_remote_code)
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # "v_head weights not used by GPT2LMHeadModel": TRL loads them
+    try:
+        model = from_pretrained(AutoModelForCausalLMWithValueHead, path, what, dtype=dtype,
+                                trust_remote_code=args.trust_remote_code)
+    finally:
+        transformers.logging.set_verbosity(verbosity)
     if args.disable_dropout:
         for module in model.modules():
             if isinstance(module, torch.nn.Dropout):

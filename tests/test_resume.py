@@ -1,0 +1,166 @@
+"""Never lose a run: checkpoints, resume after a kill, clean stops, and one-line errors for bad input."""
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import ROOT, run_script
+from ppo_utils import find_checkpoint, list_checkpoints, read_metrics
+
+SLOW_REWARD = '''
+import time
+def slow(prompts, responses, **kwargs):
+    time.sleep(0.4)
+    return [float(len(r.split())) for r in responses]
+
+def raises(prompts, responses, **kwargs):
+    return [1 / 0 if p.startswith("The ending") else 0.0 for p in prompts]
+'''
+
+
+def start(config, *argv):
+    return subprocess.Popen([sys.executable, str(ROOT / "train_ppo.py"), "--config", str(config), *argv], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "PYTHONUNBUFFERED": "1"})
+
+
+def wait_for(condition, timeout=120):
+    deadline = time.time() + timeout
+    while not condition():
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def slow_config(tiny_config, tmp_path):
+    (tmp_path / "slow_reward.py").write_text(SLOW_REWARD)
+    return tiny_config(reward_fn=f"{tmp_path / 'slow_reward.py'}:slow", steps=8, save_every=2, keep_last=3)
+
+
+def optimizer_steps(checkpoint) -> int:
+    state = torch.load(checkpoint / "optimizer.pt", weights_only=True)["state"]
+    return int(next(iter(state.values()))["step"])
+
+
+def test_resume_after_sigkill(slow_config, tmp_path):
+    out = tmp_path / "run"
+    proc = start(slow_config)
+    wait_for(lambda: len(list_checkpoints(out)) >= 2 or proc.poll() is not None)  # step-2 and step-4 exist
+    proc.kill()
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    killed_at = max(r["step"] for r in read_metrics(out / "metrics.jsonl"))
+    assert killed_at < 8
+    latest = find_checkpoint(out, "latest")
+    saved = json.loads((latest / "trainer_state.json").read_text())
+
+    result = run_script("--config", slow_config, "--resume_from_checkpoint", "latest")
+    assert result.returncode == 0, result.stderr
+    assert f"resumed from {latest} at step {saved['step']}" in result.stderr
+
+    rows = read_metrics(out / "metrics.jsonl")
+    assert [r["step"] for r in rows] == list(range(1, 9))  # no gap, no duplicate
+    assert rows[saved["step"]]["objective/kl_coef"] == pytest.approx(saved["kl_coef"], rel=1e-6)  # beta restored
+    # Adam's step count: 8 PPO steps x 4 epochs x (16 / 8) minibatches, so the first steps' state came along
+    assert optimizer_steps(out / "checkpoints" / "step-000008") == 8 * 4 * 2
+
+
+def test_sigint_checkpoints_and_says_how_to_resume(slow_config, tmp_path):
+    out = tmp_path / "run"
+    proc = start(slow_config, "--save_every", "100")
+    wait_for(lambda: len(read_metrics(out / "metrics.jsonl")) >= 1 or proc.poll() is not None)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    last_line = stderr.strip().splitlines()[-1]
+    step = max(r["step"] for r in read_metrics(out / "metrics.jsonl"))
+    assert last_line == (f"error: stopped by SIGINT after step {step}; checkpoint saved to "
+                         f"{out}/checkpoints/step-{step:06d}; resume with: python {ROOT / 'train_ppo.py'} "
+                         f"--config {slow_config} --save_every 100 --resume_from_checkpoint latest")
+    assert list_checkpoints(out) == [out / "checkpoints" / f"step-{step:06d}"]
+
+    result = run_script("--config", slow_config, "--save_every", "100", "--resume_from_checkpoint", "latest")
+    assert result.returncode == 0, result.stderr
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == list(range(1, 9))
+
+
+def test_latest_skips_a_checkpoint_killed_mid_write(slow_config, tmp_path):
+    out = tmp_path / "run"
+    assert run_script("--config", slow_config, "--steps", "4").returncode == 0
+    # a kill during the write leaves the temporary directory (or, at worst, one without trainer_state.json)
+    shutil.copytree(out / "checkpoints" / "step-000004", out / "checkpoints" / "step-000006.tmp")
+    partial = out / "checkpoints" / "step-000008"
+    partial.mkdir()
+    (partial / "model.safetensors").write_bytes(b"half a file")
+    assert find_checkpoint(out, "latest") == out / "checkpoints" / "step-000004"
+
+    result = run_script("--config", slow_config, "--resume_from_checkpoint", "latest")
+    assert result.returncode == 0, result.stderr
+    assert "at step 4" in result.stderr
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == list(range(1, 9))
+
+
+BAD_INPUTS = [
+    (["--learnin_rate", "1e-5"], "unknown setting 'learnin_rate': did you mean 'learning_rate'?"),
+    (["--steps", "many"], "argument --steps: invalid int value: 'many'"),
+    (["--config", "missing.yaml"], "config file 'missing.yaml' not found"),
+    (["--model_name_or_path", "/nonexistent/model"], "model_name_or_path: directory '/nonexistent/model' not found"),
+    (["--dataset_name", "missing.jsonl"], "dataset_name: file 'missing.jsonl' not found"),
+    (["--min_text_length", "100000"], "dataset '{data}' has no text of at least 100000 characters"),
+    (["--batch_size", "12"], "batch_size must be a multiple of mini_batch_size * gradient_accumulation_steps"),
+    (["--response_max_tokens", "200"], "prompt_max_tokens + response_max_tokens = 208 exceeds the model's context"),
+    (["--reward_fn", "no_such_reward"], "reward_fn 'no_such_reward': no function 'no_such_reward'"),
+    (["--reward_fn", "{tmp}/nope.py:fn"], "reward_fn '{tmp}/nope.py:fn': file '{tmp}/nope.py' not found"),
+    (["--reward_fn", "{tmp}/slow_reward.py:raises", "--steps", "3"],
+     "reward function 'raises' raised ZeroDivisionError: division by zero — on sample"),
+    (["--model_name_or_path", "gpt2"], "model_name_or_path 'gpt2' is not a local directory and could not be"),
+    (["--dataset_name", "stanfordnlp/imdb"], "dataset 'stanfordnlp/imdb' could not be loaded"),
+    ("no-resume", "output_dir '{out}' holds an earlier run: resume it with --resume_from_checkpoint latest"),
+]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny, tmp_path_factory):
+    """A finished 2-step run whose checkpoints and metrics the bad inputs must leave untouched."""
+    import yaml
+
+    tmp = tmp_path_factory.mktemp("bad")
+    (tmp / "slow_reward.py").write_text(SLOW_REWARD)
+    config = tmp / "tiny.yaml"
+    config.write_text(yaml.safe_dump({
+        "model_name_or_path": tiny["policy"], "dataset_name": tiny["data"], "min_text_length": 20,
+        "reward_fn": "vader", "batch_size": 16, "mini_batch_size": 8, "steps": 2, "save_every": 1,
+        "output_dir": str(tmp / "run"), "sample_every": 0}))
+    assert run_script("--config", config).returncode == 0
+    return tmp, config
+
+
+@pytest.mark.parametrize("argv, message", BAD_INPUTS, ids=[m.split(":")[0][:40] for _, m in BAD_INPUTS])
+def test_bad_input_exits_2_with_one_line_and_keeps_the_run(finished_run, tiny, argv, message):
+    tmp, config = finished_run
+    out = tmp / "run"
+    before = {p: (p / "model.safetensors").read_bytes() for p in list_checkpoints(out)}
+    metrics = (out / "metrics.jsonl").read_text()
+    fill = lambda s: s.format(tmp=tmp, out=out, data=tiny["data"])  # noqa: E731
+    if argv == "no-resume":
+        argv = []
+    else:
+        argv = [*map(fill, argv), "--resume_from_checkpoint", "latest"]
+    if "--config" not in argv:
+        argv = ["--config", config, *argv]
+
+    result = run_script(*argv, timeout=120)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: " + fill(message)), lines[-1]
+    assert "Traceback" not in result.stderr
+    if "raises" in lines[-1]:
+        assert "prompt='The ending" in lines[-1]  # the sample it failed on
+    assert {p: (p / "model.safetensors").read_bytes() for p in list_checkpoints(out)} == before
+    assert (out / "metrics.jsonl").read_text() == metrics
