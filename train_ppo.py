@@ -35,12 +35,14 @@ from trl import AutoModelForCausalLMWithValueHead, PPOConfig, PPOTrainer, set_se
 from trl.commands.cli_utils import TrlParser
 from trl.core import LengthSampler
 
+from plot import plot_run
 from ppo_utils import (
     JsonDict,
     RunError,
     batch_indices,
     check_types,
     compute_rewards,
+    evaluate,
     find_checkpoint,
     list_checkpoints,
     load_checkpoint_state,
@@ -49,6 +51,7 @@ from ppo_utils import (
     save_checkpoint,
     scalar_stats,
     truncate_metrics,
+    write_eval_report,
 )
 
 
@@ -93,6 +96,8 @@ class ScriptArguments:
     resume_from_checkpoint: Optional[str] = field(
         default=None, metadata={"help": "'latest' or a checkpoint directory to continue from."})
     sample_every: int = field(default=20, metadata={"help": "Print a table of samples every N steps; 0 = never."})
+    eval_file: Optional[str] = field(
+        default=None, metadata={"help": "Held-out prompts, one per line: compare reference and tuned policy at the end."})
 
 
 # Generation settings under which the responses are samples of the policy itself; PPOTrainer computes
@@ -110,6 +115,8 @@ def check_settings(args: ScriptArguments, config: PPOConfig) -> None:
     for name in ["steps", "generation_batch_size", "keep_last"]:
         if getattr(config if name == "steps" else args, name) < 1:
             raise RunError(f"setting '{name}' must be at least 1")
+    if args.eval_file and not os.path.isfile(args.eval_file):
+        raise RunError(f"eval_file '{args.eval_file}' not found: pass a text file of prompts, one per line")
     changed = {k: getattr(args, k) for k, v in HONEST_SAMPLING.items() if getattr(args, k) != v}
     if changed:
         warnings.warn(f"generation settings {changed} sample from a distribution other than the policy's, "
@@ -158,7 +165,7 @@ def load_prompts(args: ScriptArguments, tokenizer, seed: int):
             missing = [f for f in files if not os.path.isfile(f)]
             if missing:
                 raise RunError(f"dataset_name: file '{missing[0]}' not found")
-            builder = {".jsonl": "json"}.get(Path(files[0]).suffix, Path(files[0]).suffix[1:])
+            builder = {".jsonl": "json", ".txt": "text"}.get(Path(files[0]).suffix, Path(files[0]).suffix[1:])
             texts = load_dataset(builder, data_files=files, split="train")
         else:
             texts = load_dataset(args.dataset_name, split=args.dataset_split)
@@ -178,7 +185,7 @@ def load_prompts(args: ScriptArguments, tokenizer, seed: int):
 
     def tokenize(batch):
         ids = [row[: prompt_length()] for row in tokenizer(batch[args.text_column])["input_ids"]]
-        return {"input_ids": ids, "query": tokenizer.batch_decode(ids)}
+        return {"input_ids": ids, "query": tokenizer.batch_decode(ids, skip_special_tokens=True)}
 
     return texts.map(tokenize, batched=True, remove_columns=texts.column_names, load_from_cache_file=False)
 
@@ -191,15 +198,16 @@ def save_run_config(args: ScriptArguments, config: PPOConfig) -> None:
     Path(args.output_dir, "run_config.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
 
 
-def print_samples(step: int, prompts, responses, scores, n: int = 4) -> None:
+def print_table(title: str, columns: list[str], *cells, n: int = 4) -> None:
+    """A rich table of the first n samples; float cells shown as rewards."""
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"samples at step {step}", show_lines=True)
-    for column in ["prompt", "response", "reward"]:
+    table = Table(title=title, show_lines=True)
+    for column in columns:
         table.add_column(column)
-    for p, r, s in list(zip(prompts, responses, scores))[:n]:
-        table.add_row(p, r, f"{s:+.3f}")
+    for row in list(zip(*cells))[:n]:
+        table.add_row(*[f"{c:+.3f}" if isinstance(c, float) else c for c in row])
     Console(stderr=True).print(table)
 
 
@@ -325,6 +333,9 @@ def main(argv: list[str]) -> None:
         row = {"step": step, "env/reward_mean": all_scores.mean().item(), "env/reward_std": all_scores.std().item(),
                **scalar_stats(stats), "objective/kl_coef": float(beta), "ppo/skipped_minibatches": skipped,
                "time/generate": t1 - t0, "time/score": t2 - t1, "time/ppo_step": t3 - t2}
+        if torch.cuda.is_available():  # this step's peak; memory that grows from step to step is a leak
+            row["memory/peak_gb"] = torch.cuda.max_memory_allocated() / 2**30
+            torch.cuda.reset_peak_memory_stats()
         bad = [k for k in ("objective/kl", "ppo/loss/total", "ppo/loss/policy", "ppo/loss/value")
                if not torch.isfinite(torch.tensor(row.get(k, 0.0)))]
         if bad:
@@ -340,7 +351,8 @@ def main(argv: list[str]) -> None:
             progress.set_postfix(reward=f"{row['env/reward_mean']:.3f}", kl=f"{row['objective/kl']:.2f}",
                                  beta=f"{trainer.kl_ctl.value:.3f}")
             if args.sample_every and step % args.sample_every == 0:
-                print_samples(step, batch["query"], response_texts, scores)
+                print_table(f"samples at step {step}", ["prompt", "response", "reward"], batch["query"],
+                            response_texts, scores)
 
         if stop_signal:
             path = checkpoint_now(step)
@@ -359,6 +371,19 @@ def main(argv: list[str]) -> None:
         accelerator.unwrap_model(trainer.model).save_pretrained(output_dir, safe_serialization=True)
         tokenizer.save_pretrained(output_dir)
         print(f"saved the tuned policy, metrics.jsonl and run_config.yaml to {output_dir}", file=sys.stderr)
+
+    # ---- Evaluate: reference vs tuned policy on held-out prompts, same sampling and seed; draw the curves
+    if state.is_main_process:
+        if args.eval_file:
+            prompts = [line.strip() for line in Path(args.eval_file).read_text().splitlines() if line.strip()]
+            report = evaluate(trainer, tokenizer, prompts, reward_fn, args.reward_kwargs, generation_kwargs,
+                              args.generation_batch_size, config.seed)
+            print_table("held-out prompts: reference (before) vs tuned policy (after)",
+                        ["prompt", "before", "reward", "after", "reward"], prompts,
+                        report["before"]["responses"], report["before"]["rewards"],
+                        report["after"]["responses"], report["after"]["rewards"], n=8)
+            print(write_eval_report(report, output_dir), file=sys.stderr)
+        print(f"training curves: {plot_run(output_dir)}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """The real script, run as a user runs it, on tiny local models."""
 
+import json
 
 import pytest
 import torch
@@ -20,7 +21,9 @@ def nan_at_3(prompts, responses, **kwargs):
 
 
 def test_end_to_end_outputs(tiny_config, tmp_path):
-    config = tiny_config(steps=3)
+    held_out = tmp_path / "held_out.txt"
+    held_out.write_text("The film was\nThis movie is\nThe plot felt\n")
+    config = tiny_config(steps=3, eval_file=str(held_out))
     result = run_script("--config", config, "--learning_rate", "1e-4")
     assert result.returncode == 0, result.stderr
     out = tmp_path / "run"
@@ -47,6 +50,22 @@ def test_end_to_end_outputs(tiny_config, tmp_path):
     generated = lm.generate(**tokenizer("The film", return_tensors="pt"), max_new_tokens=5, do_sample=False,
                             pad_token_id=tokenizer.eos_token_id)
     assert generated.shape[1] > 2
+
+    # evaluation on the held-out prompts: before/after rewards, KL, a sample table; and the training curves
+    report = json.loads((out / "eval.json").read_text())
+    assert report["prompts"] == ["The film was", "This movie is", "The plot felt"]
+    for name in ("before", "after"):
+        assert len(report[name]["responses"]) == len(report[name]["rewards"]) == 3
+        assert report[name]["mean"] == pytest.approx(sum(report[name]["rewards"]) / 3)
+    assert report["kl"] == pytest.approx(report["kl"]) and abs(report["kl"]) < 50
+    assert "| The film was |" in (out / "eval.md").read_text()
+    assert "held-out reward: mean" in result.stderr
+    png = out / "training_curves.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    png.unlink()
+    from plot import plot_run
+
+    assert plot_run(out) == png and png.stat().st_size > 10_000
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -1,0 +1,230 @@
+#!/usr/bin/env python
+"""Episodes per second of three PPO loops doing the same PPO work: ours (train_ppo.py itself), TRL's example
+script (v0.11.4 examples/scripts/ppo.py) and TRL's sentiment notebook (one generate call per sequence).
+
+Same models, prompts, seed and PPO settings for all: batch 128, mini-batch 128 (TRL's default), 4 PPO epochs,
+prompts 2-8 tokens, responses 4-16 tokens, adaptive KL, reward = reward.sentiment_classifier. Models are built
+locally with random weights (nothing is downloaded): --size gpt2 is GPT-2 small (124M, vocab 50257) + DistilBERT
+base (66M); --size tiny is 2-layer versions of both, for a CPU.
+
+    python bench/bench_ppo.py --size tiny                   # CPU, a few minutes
+    python bench/bench_ppo.py --size gpt2 --device cuda     # one GPU
+"""
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+warnings.filterwarnings("ignore")
+
+import torch  # noqa: E402
+import yaml  # noqa: E402
+from trl import AutoModelForCausalLMWithValueHead, PPOConfig, PPOTrainer, set_seed  # noqa: E402
+from trl.core import LengthSampler  # noqa: E402
+
+import reward  # noqa: E402
+import train_ppo  # noqa: E402
+from local_models import build_classifier, build_policy, write_dataset  # noqa: E402
+from ppo_utils import batch_indices, read_metrics  # noqa: E402
+
+SETTINGS = {"batch_size": 128, "mini_batch_size": 128, "ppo_epochs": 4, "learning_rate": 1.41e-5, "seed": 0,
+            "prompt_min_tokens": 2, "prompt_max_tokens": 8, "response_min_tokens": 4, "response_max_tokens": 16}
+GENERATION = {"min_length": -1, "top_k": 0, "top_p": 1.0, "do_sample": True}
+
+
+def sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def peak_gb() -> float:
+    if not torch.cuda.is_available():
+        return float("nan")
+    peak = torch.cuda.max_memory_allocated() / 2**30
+    torch.cuda.reset_peak_memory_stats()
+    return peak
+
+
+def run_ours(paths, steps: int, device: str, out: Path) -> list[dict]:
+    """train_ppo.py's own main(), on a config with the shared settings; times come from its metrics.jsonl."""
+    config = {**SETTINGS, "model_name_or_path": paths["policy"], "dataset_name": paths["data"],
+              "min_text_length": 20, "reward_fn": "sentiment_classifier",
+              "reward_kwargs": {"model": paths["classifier"], "batch_size": 128}, "steps": steps,
+              "output_dir": str(out), "save_every": 10**6, "sample_every": 0,
+              "accelerator_kwargs": {"cpu": device == "cpu"}}
+    (out.parent / "ours.yaml").write_text(yaml.safe_dump(config))
+    train_ppo.main(["--config", str(out.parent / "ours.yaml")])
+    return [{"generate": r["time/generate"], "score": r["time/score"], "step": r["time/ppo_step"],
+             "memory": r.get("memory/peak_gb", float("nan"))} for r in read_metrics(out / "metrics.jsonl")]
+
+
+def make_trainer(paths, device: str):
+    """A fresh PPOTrainer with the shared settings, and the same prompts train_ppo.py uses."""
+    set_seed(SETTINGS["seed"])
+    args = train_ppo.ScriptArguments(model_name_or_path=paths["policy"], dataset_name=paths["data"],
+                                     min_text_length=20, **{k: v for k, v in SETTINGS.items() if "tokens" in k})
+    config = PPOConfig(**{k: v for k, v in SETTINGS.items() if "tokens" not in k},
+                       accelerator_kwargs={"cpu": device == "cpu"})
+    tokenizer = train_ppo.AutoTokenizer.from_pretrained(paths["policy"])
+    tokenizer.pad_token = tokenizer.eos_token
+    policy, reference = (train_ppo.load_model(paths["policy"], "policy", args) for _ in range(2))
+    trainer = PPOTrainer(config, policy, reference, tokenizer)
+    return trainer, tokenizer, train_ppo.load_prompts(args, tokenizer, SETTINGS["seed"])
+
+
+def batches(trainer, dataset, steps: int):
+    for step in range(1, steps + 1):
+        batch = dataset[batch_indices(len(dataset), SETTINGS["batch_size"], step, SETTINGS["seed"])]
+        yield batch, [torch.tensor(ids, device=trainer.accelerator.device) for ids in batch["input_ids"]]
+
+
+def run_trl_example(paths, steps: int, device: str) -> list[dict]:
+    """examples/scripts/ppo.py: generate in chunks of 4 (its default), plus a reference response each step,
+    both scored by the pipeline with batch 16."""
+    trainer, tokenizer, dataset = make_trainer(paths, device)
+    lengths = LengthSampler(SETTINGS["response_min_tokens"], SETTINGS["response_max_tokens"] + 1)
+    times = []
+    for batch, queries in batches(trainer, dataset, steps):
+        t0 = time.perf_counter()
+        responses, ref_responses = trainer.generate(queries, length_sampler=lengths, return_prompt=False,
+                                                    generate_ref_response=True, pad_token_id=tokenizer.eos_token_id,
+                                                    **GENERATION)
+        texts, ref_texts = tokenizer.batch_decode(responses), tokenizer.batch_decode(ref_responses)
+        sync()
+        t1 = time.perf_counter()
+        scores = reward.sentiment_classifier(batch["query"], texts, model=paths["classifier"], batch_size=16)
+        reward.sentiment_classifier(batch["query"], ref_texts, model=paths["classifier"], batch_size=16)
+        t2 = time.perf_counter()
+        trainer.step(queries, responses, [torch.tensor(s) for s in scores])
+        sync()
+        times.append({"generate": t1 - t0, "score": t2 - t1, "step": time.perf_counter() - t2, "memory": peak_gb()})
+    return times
+
+
+def run_notebook(paths, steps: int, device: str) -> list[dict]:
+    """TRL's gpt2-sentiment notebook: one generate call per sequence, pipeline batch 16."""
+    trainer, tokenizer, dataset = make_trainer(paths, device)
+    lengths = LengthSampler(SETTINGS["response_min_tokens"], SETTINGS["response_max_tokens"] + 1)
+    times = []
+    for batch, queries in batches(trainer, dataset, steps):
+        t0 = time.perf_counter()
+        responses = []
+        for query in queries:
+            n = lengths()
+            response = trainer.generate(query, max_new_tokens=n, pad_token_id=tokenizer.eos_token_id, **GENERATION)
+            responses.append(response.squeeze()[-n:])
+        texts = tokenizer.batch_decode(responses)
+        sync()
+        t1 = time.perf_counter()
+        scores = reward.sentiment_classifier(batch["query"], texts, model=paths["classifier"], batch_size=16)
+        t2 = time.perf_counter()
+        trainer.step(queries, responses, [torch.tensor(s) for s in scores])
+        sync()
+        times.append({"generate": t1 - t0, "score": t2 - t1, "step": time.perf_counter() - t2, "memory": peak_gb()})
+    return times
+
+
+def bare_limits(paths, device: str, repeats: int = 3) -> dict:
+    """The floor for each phase: one bare generate() of the batch to the longest length, and one bare
+    forward+backward of the same tokens per PPO epoch plus a reference forward."""
+    trainer, tokenizer, dataset = make_trainer(paths, device)
+    model = trainer.accelerator.unwrap_model(trainer.model).pretrained_model
+    reference = trainer.accelerator.unwrap_model(trainer.ref_model).pretrained_model
+    batch, queries = next(batches(trainer, dataset, 1))
+    tokenizer.padding_side = "left"
+    padded = tokenizer.pad({"input_ids": batch["input_ids"]}, return_tensors="pt").to(trainer.accelerator.device)
+    generate, train = [], []
+    for _ in range(repeats):
+        sync()
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            out = model.generate(**padded, max_new_tokens=SETTINGS["response_max_tokens"],
+                                 pad_token_id=tokenizer.eos_token_id, **GENERATION)
+        sync()
+        t1 = time.perf_counter()
+        mask = torch.ones_like(out)
+        with torch.no_grad():
+            reference(input_ids=out, attention_mask=mask)
+        for _ in range(SETTINGS["ppo_epochs"]):
+            model(input_ids=out, attention_mask=mask).logits.float().log_softmax(-1).mean().backward()
+        model.zero_grad()
+        sync()
+        generate.append(t1 - t0)
+        train.append(time.perf_counter() - t1)
+    return {"generate": min(generate), "step": min(train)}
+
+
+def summarise(name: str, times: list[dict], warmup: int) -> dict:
+    timed = times[warmup:]
+    mean = lambda key: statistics.mean(t[key] for t in timed)  # noqa: E731
+    per_step = mean("generate") + mean("score") + mean("step")
+    return {"loop": name, "episodes_per_s": SETTINGS["batch_size"] / per_step, "step_s": per_step,
+            "generate_s": mean("generate"), "score_s": mean("score"), "ppo_step_s": mean("step"),
+            "mem_step5": times[min(4, len(times) - 1)]["memory"], "mem_last": times[-1]["memory"]}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", choices=["tiny", "gpt2"], default="tiny")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per loop")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
+    parser.add_argument("--notebook_steps", type=int, default=None, help="timed steps for the (slow) notebook loop")
+    parser.add_argument("--out", type=Path, default=None, help="also write the markdown table here")
+    opts = parser.parse_args()
+    if opts.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda but torch sees no GPU; use --device cpu")
+
+    work = Path(tempfile.mkdtemp(prefix="bench_ppo_"))
+    paths = {"policy": str(build_policy(work / "policy", size=opts.size)),
+             "classifier": str(build_classifier(work / "classifier", size="distilbert" if opts.size == "gpt2" else "tiny")),
+             "data": str(write_dataset(work / "reviews.jsonl", n=SETTINGS["batch_size"] * 8))}
+    steps = opts.warmup + opts.steps
+    results = [summarise("ours (train_ppo.py)", run_ours(paths, steps, opts.device, work / "ours"), opts.warmup),
+               summarise("TRL example script", run_trl_example(paths, steps, opts.device), opts.warmup),
+               summarise("TRL notebook", run_notebook(paths, opts.warmup + (opts.notebook_steps or opts.steps),
+                                                      opts.device), opts.warmup)]
+    bare = bare_limits(paths, opts.device)
+
+    ours, example, notebook = results
+    device = torch.cuda.get_device_name() if opts.device == "cuda" else f"CPU ({os.cpu_count()} cores)"
+    import transformers
+    import trl
+
+    lines = [f"### {opts.size} models on {device}", "",
+             f"{time.strftime('%Y-%m-%d')}; torch {torch.__version__}, transformers {transformers.__version__}, "
+             f"trl {trl.__version__}, python {platform.python_version()}; batch {SETTINGS['batch_size']}, "
+             f"{opts.steps} timed steps after {opts.warmup} warm-up", "",
+             "| loop | episodes/s | s/step | generate s | score s | PPO step s | peak GB step 5 | peak GB last |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r['loop']} | {r['episodes_per_s']:.1f} | {r['step_s']:.2f} | {r['generate_s']:.2f} | "
+                     f"{r['score_s']:.2f} | {r['ppo_step_s']:.2f} | {r['mem_step5']:.2f} | {r['mem_last']:.2f} |")
+    lines += ["",
+              f"- ours / TRL example: **{ours['episodes_per_s'] / example['episodes_per_s']:.2f}x** episodes/s",
+              f"- ours / notebook: **{ours['episodes_per_s'] / notebook['episodes_per_s']:.2f}x** episodes/s",
+              f"- ours' generation / bare `generate` of the same batch: "
+              f"{ours['generate_s'] / bare['generate']:.2f}x ({ours['generate_s']:.2f} s vs {bare['generate']:.2f} s)",
+              f"- ours' PPO step / bare forward+backward x{SETTINGS['ppo_epochs']} + reference forward: "
+              f"{ours['ppo_step_s'] / bare['step']:.2f}x ({ours['ppo_step_s']:.2f} s vs {bare['step']:.2f} s)",
+              f"- one IMDB epoch (194 steps of 128) at ours' speed: {194 * ours['step_s'] / 60:.1f} min"]
+    if opts.device == "cuda":
+        growth = ours["mem_last"] / ours["mem_step5"] - 1 if ours["mem_step5"] else float("nan")
+        lines.append(f"- ours' peak memory, last step vs step 5: {growth * 100:+.1f}%")
+    table = "\n".join(lines)
+    print(table)
+    if opts.out:
+        opts.out.write_text(table + "\n")
+
+
+if __name__ == "__main__":
+    main()
