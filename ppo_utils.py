@@ -272,22 +272,29 @@ def truncate_metrics(path, last_step: int) -> None:
 def evaluate(trainer, tokenizer, prompts: list[str], reward_fn, reward_kwargs: dict, generation_kwargs: dict,
              batch_size: int, seed: int) -> dict:
     """Reward before (reference) and after (tuned policy), and KL(policy || reference) on the policy's samples."""
+    from contextlib import nullcontext
+
     unwrap = trainer.accelerator.unwrap_model
-    policy, reference = unwrap(trainer.model), unwrap(trainer.ref_model)
+    policy = unwrap(trainer.model)
+    # with LoRA the reference is the policy with its adapters disabled (TRL's optional_peft_ctx)
+    reference = policy if trainer.is_peft_model else unwrap(trainer.ref_model)
+    as_reference = trainer.optional_peft_ctx
     device = trainer.accelerator.device
     queries = [torch.tensor(ids, device=device) for ids in tokenizer(prompts)["input_ids"]]
     report = {"prompts": prompts}
-    for name, model in [("before", reference), ("after", policy)]:
+    for name, model, context in [("before", reference, as_reference), ("after", policy, nullcontext)]:
         torch.manual_seed(seed)
-        responses = trainer._generate_batched(model, queries, batch_size=batch_size, return_prompt=False,
-                                              **generation_kwargs)
+        with context():
+            responses = trainer._generate_batched(model, queries, batch_size=batch_size, return_prompt=False,
+                                                  **generation_kwargs)
         texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
         report[name] = {"responses": texts, "rewards": compute_rewards(reward_fn, prompts, texts, reward_kwargs)}
     # `responses` are now the tuned policy's. TRL's KL estimator, as in objective/kl: sum over response tokens of log pi(token) - log pi_ref(token)
     inputs = trainer.prepare_model_inputs(queries, responses)
     with torch.no_grad():
         logprobs, _, _, masks = trainer.batched_forward_pass(policy, queries, responses, inputs)
-        ref_logprobs, *_ = trainer.batched_forward_pass(reference, queries, responses, inputs)
+        with as_reference():
+            ref_logprobs, *_ = trainer.batched_forward_pass(reference, queries, responses, inputs)
     report["kl"] = ((logprobs - ref_logprobs) * masks).sum(1).mean().item()
     for name in ("before", "after"):
         rewards = torch.tensor(report[name]["rewards"])

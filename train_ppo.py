@@ -66,6 +66,15 @@ class ScriptArguments:
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the hub (off: safe)."})
     disable_dropout: bool = field(
         default=True, metadata={"help": "Dropout off in policy and reference, so PPO ratios and KL are exact."})
+    # LoRA: train adapters only; the reference is the base model with adapters disabled (no second copy)
+    use_peft: bool = field(default=False, metadata={"help": "Train LoRA adapters instead of all weights."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA path (disable_dropout wins)."})
+    lora_target_modules: Optional[list[str]] = field(
+        default=None, metadata={"help": "Module names to adapt (default: peft's choice for the architecture)."})
+    save_merged: bool = field(
+        default=False, metadata={"help": "With use_peft, also save OUTPUT_DIR/merged: base + adapters in one model."})
     # data: prompts are the first prompt_{min,max}_tokens tokens of each text
     dataset_name: str = field(
         default="stanfordnlp/imdb", metadata={"help": "Hub dataset id, or local .json/.jsonl/.csv/.txt file(s)."})
@@ -139,14 +148,21 @@ def from_pretrained(cls, path: str, what: str, **kwargs):
                        f"SmolLM2 job") from None
 
 
-def load_model(path: str, what: str, args: ScriptArguments):
-    """Causal LM with a value head, dropout off unless asked for."""
+def load_model(path: str, what: str, args: ScriptArguments, peft: bool = False):
+    """Causal LM with a value head (with fresh or saved LoRA adapters if peft), dropout off unless asked for."""
     dtype = args.torch_dtype if args.torch_dtype == "auto" else getattr(torch, args.torch_dtype)
+    kwargs = {}
+    if peft:
+        from peft import LoraConfig
+
+        kwargs = {"is_trainable": True, "peft_config": LoraConfig(
+            r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
+            target_modules=args.lora_target_modules, bias="none", task_type="CAUSAL_LM")}
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()  # "v_head weights not used by GPT2LMHeadModel": TRL loads them
     try:
         model = from_pretrained(AutoModelForCausalLMWithValueHead, path, what, dtype=dtype,
-                                trust_remote_code=args.trust_remote_code)
+                                trust_remote_code=args.trust_remote_code, **kwargs)
     finally:
         transformers.logging.set_verbosity(verbosity)
     if args.disable_dropout:
@@ -238,8 +254,15 @@ def main(argv: list[str]) -> None:
         raise RunError(f"prompt_max_tokens + response_max_tokens = "
                        f"{args.prompt_max_tokens + args.response_max_tokens} exceeds the model's context of "
                        f"{context} tokens; lower one of them")
-    policy = load_model(str(checkpoint or args.model_name_or_path), "model_name_or_path", args)
-    reference = load_model(args.ref_model_name_or_path or args.model_name_or_path, "ref_model_name_or_path", args)
+    policy = load_model(str(checkpoint or args.model_name_or_path), "model_name_or_path", args, args.use_peft)
+    if args.use_peft:  # PPOTrainer then scores the reference as the policy with its adapters disabled
+        reference = None
+        trainable = sum(p.numel() for p in policy.parameters() if p.requires_grad)
+        if state.is_main_process:
+            print(f"LoRA: training {trainable:,} of {sum(p.numel() for p in policy.parameters()):,} parameters",
+                  file=sys.stderr)
+    else:
+        reference = load_model(args.ref_model_name_or_path or args.model_name_or_path, "ref_model_name_or_path", args)
 
     # ---- Data: prompts, in an order that is a pure function of (seed, step) so a resume continues it
     dataset = load_prompts(args, tokenizer, config.seed)
@@ -368,7 +391,8 @@ def main(argv: list[str]) -> None:
     # ---- Save: the tuned policy with its value head (safetensors) and the tokenizer, loadable both ways
     accelerator.wait_for_everyone()
     if state.is_main_process:
-        accelerator.unwrap_model(trainer.model).save_pretrained(output_dir, safe_serialization=True)
+        policy = accelerator.unwrap_model(trainer.model)
+        policy.save_pretrained(output_dir, safe_serialization=True)
         tokenizer.save_pretrained(output_dir)
         print(f"saved the tuned policy, metrics.jsonl and run_config.yaml to {output_dir}", file=sys.stderr)
 
@@ -384,6 +408,10 @@ def main(argv: list[str]) -> None:
                         report["after"]["responses"], report["after"]["rewards"], n=8)
             print(write_eval_report(report, output_dir), file=sys.stderr)
         print(f"training curves: {plot_run(output_dir)}", file=sys.stderr)
+        if args.use_peft and args.save_merged:  # last: merging folds the adapters into the base weights
+            policy.pretrained_model.merge_and_unload().save_pretrained(output_dir / "merged", safe_serialization=True)
+            tokenizer.save_pretrained(output_dir / "merged")
+            print(f"merged model (base + adapters): {output_dir / 'merged'}", file=sys.stderr)
 
 
 if __name__ == "__main__":

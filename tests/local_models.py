@@ -98,6 +98,19 @@ def build_policy(out: Path, size: str = "tiny", pretrain_steps: int = 150) -> Pa
     return out
 
 
+def build_llama(out: Path) -> Path:
+    """A tiny Llama-architecture causal LM (random weights) with the GPT-2-style tokenizer."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = gpt2_tokenizer()
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                         bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
+    LlamaForCausalLM(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
 def build_classifier(out: Path, size: str = "tiny") -> Path:
     """DistilBERT sequence classifier (NEGATIVE/POSITIVE) + tokenizer. size: tiny or distilbert (66M)."""
     tokenizer = bert_tokenizer()

@@ -93,3 +93,86 @@ def test_policy_learns_keyword_reward(tiny_config, tmp_path, seed):
     first, last = sum(rewards[:4]) / 4, sum(rewards[-4:]) / 4
     print(f"seed {seed}: mean keyword reward, first 4 steps {first:.3f} -> last 4 steps {last:.3f}")
     assert last > first + 0.4
+
+
+def test_two_processes_with_accelerate(tiny_config, tmp_path):
+    """accelerate launch --cpu --num_processes 2: each process takes its half of the global batch; the main
+    process alone writes the files."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    config = tiny_config(reward_fn="vader", batch_size=8, mini_batch_size=4, steps=3, save_every=2)
+    result = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", str(ROOT / "train_ppo.py"), "--config", str(config)],
+        cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "run"
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [1, 2, 3]
+    assert result.stderr.count("saved the tuned policy") == 1
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000002", "step-000003"]
+    assert AutoModelForCausalLM.from_pretrained(out).config.n_layer == 2
+
+
+def test_lora_run_trains_few_parameters_and_merges(tiny_config, tmp_path):
+    config = tiny_config(use_peft=True, lora_r=4, learning_rate=1e-3, steps=3, save_merged=True)
+    result = run_script("--config", config)
+    assert result.returncode == 0, result.stderr
+    line = next(l for l in result.stderr.splitlines() if l.startswith("LoRA: training"))
+    trainable, total = (int(n.replace(",", "")) for n in line.split()[2::2][:2])
+    assert 0 < trainable < 0.05 * total
+    out = tmp_path / "run"
+    assert (out / "adapter_model.safetensors").exists()
+    merged = AutoModelForCausalLM.from_pretrained(out / "merged")
+    tokenizer = AutoTokenizer.from_pretrained(out / "merged")
+    generated = merged.generate(**tokenizer("The film", return_tensors="pt"), max_new_tokens=5, do_sample=False,
+                                pad_token_id=tokenizer.eos_token_id)
+    assert generated.shape[1] > 2
+
+
+def test_lora_reference_is_the_base_model_with_adapters_off(tiny):
+    """One base model in memory: PPOTrainer keeps no reference copy and scores the reference by disabling the
+    adapters, which gives exactly the base model's logits even after the adapters have moved."""
+    from trl import PPOConfig, PPOTrainer
+
+    from train_ppo import ScriptArguments, load_model
+
+    args = ScriptArguments(model_name_or_path=tiny["policy"], use_peft=True, lora_r=4)
+    policy = load_model(tiny["policy"], "model_name_or_path", args, peft=True)
+    tokenizer = AutoTokenizer.from_pretrained(tiny["policy"])
+    trainer = PPOTrainer(PPOConfig(batch_size=4, mini_batch_size=4), policy, None, tokenizer)
+    assert trainer.ref_model is None and trainer.is_peft_model
+    base = AutoModelForCausalLM.from_pretrained(tiny["policy"])
+    n_base = sum(p.numel() for p in base.parameters())
+    n_policy = sum(p.numel() for p in trainer.model.parameters())
+    assert n_policy < 1.05 * n_base  # base + adapters + value head, no second copy
+
+    with torch.no_grad():
+        for name, param in trainer.model.named_parameters():
+            if "lora_B" in name:
+                param.fill_(0.1)  # as if trained
+        ids = tokenizer("The film was great", return_tensors="pt")
+        tuned = trainer.model.pretrained_model(**ids).logits
+        with trainer.optional_peft_ctx():
+            reference = trainer.model.pretrained_model(**ids).logits
+    assert torch.allclose(reference, base(**ids).logits, atol=1e-5)
+    assert not torch.allclose(tuned, reference, atol=1e-3)
+
+
+def test_llama_lora_config_on_a_tiny_llama(tiny, tmp_path):
+    """configs/llama_lora.yaml as shipped (bf16, LoRA on q/k/v/o, merged save), pointed at a tiny local Llama."""
+    from conftest import ROOT
+    from local_models import build_llama
+
+    llama = build_llama(tmp_path / "llama")
+    result = run_script("--config", ROOT / "configs" / "llama_lora.yaml", "--model_name_or_path", llama,
+                        "--dataset_name", tiny["data"], "--min_text_length", "20", "--reward_fn", "vader",
+                        "--batch_size", "8", "--mini_batch_size", "4", "--steps", "2", "--sample_every", "0",
+                        "--output_dir", tmp_path / "run")
+    assert result.returncode == 0, result.stderr
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "merged", dtype="auto")
+    assert merged.config.model_type == "llama" and merged.dtype == torch.bfloat16
+    assert len(read_metrics(tmp_path / "run" / "metrics.jsonl")) == 2
