@@ -73,6 +73,8 @@ def parse_config(parser, argv: list[str]):
                 f"batch_size must be a multiple of mini_batch_size * gradient_accumulation_steps (got "
                 f"{text.split('division: ')[1]}); change one of them so the division is exact") from None
         raise RunError(f"invalid setting: {text}") from None
+    except ImportError as e:  # PPOConfig checks that log_with's package is installed
+        raise RunError(f"log_with: {e}") from None
     finally:
         sys.argv = saved_argv
 

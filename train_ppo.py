@@ -11,6 +11,7 @@ target (adaptive KL control), (4) we log. Settings: ScriptArguments below plus e
 """
 
 import dataclasses
+import importlib.util
 import json
 import os
 import shutil
@@ -124,6 +125,8 @@ def check_settings(args: ScriptArguments, config: PPOConfig) -> None:
     for name in ["steps", "generation_batch_size", "keep_last"]:
         if getattr(config if name == "steps" else args, name) < 1:
             raise RunError(f"setting '{name}' must be at least 1")
+    if config.log_with == "tensorboard" and not importlib.util.find_spec("tensorboard"):
+        raise RunError("log_with: tensorboard needs the tensorboard package: pip install tensorboard")
     if args.eval_file and not os.path.isfile(args.eval_file):
         raise RunError(f"eval_file '{args.eval_file}' not found: pass a text file of prompts, one per line")
     changed = {k: getattr(args, k) for k, v in HONEST_SAMPLING.items() if getattr(args, k) != v}
@@ -249,6 +252,9 @@ def main(argv: list[str]) -> None:
     tokenizer = from_pretrained(AutoTokenizer, args.model_name_or_path, "model_name_or_path", **remote)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    # PPOTrainer.generate pads prompts on the left by itself; its scoring forward pass pads on the tokenizer's
+    # side without position ids, so that side must be the right one or absolute positions shift (trl#2654)
+    tokenizer.padding_side = "right"
     context = getattr(model_config, "max_position_embeddings", None) or getattr(model_config, "n_positions", None)
     if context and args.prompt_max_tokens + args.response_max_tokens > context:
         raise RunError(f"prompt_max_tokens + response_max_tokens = "
@@ -270,11 +276,6 @@ def main(argv: list[str]) -> None:
         raise RunError(f"the dataset has {len(dataset)} prompts, fewer than one batch "
                        f"(batch_size {config.batch_size} x {state.num_processes} processes); lower batch_size")
 
-    if config.log_with == "tensorboard":
-        import importlib.util
-
-        if not importlib.util.find_spec("tensorboard"):
-            raise RunError("log_with: tensorboard needs the tensorboard package: pip install tensorboard")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="No dataset is provided")
         trainer = PPOTrainer(config, policy, reference, tokenizer)
