@@ -19,6 +19,9 @@ def slow(prompts, responses, **kwargs):
     time.sleep(0.4)
     return [float(len(r.split())) for r in responses]
 
+def overflows(prompts, responses, **kwargs):  # finite in Python, inf once squared in float32
+    return [3e38] * len(responses)
+
 def raises(prompts, responses, **kwargs):
     return [1 / 0 if p.startswith("The ending") else 0.0 for p in prompts]
 '''
@@ -104,6 +107,20 @@ def test_latest_skips_a_checkpoint_killed_mid_write(slow_config, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "at step 4" in result.stderr
     assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == list(range(1, 9))
+
+
+def test_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint(slow_config, tmp_path):
+    out = tmp_path / "run"
+    assert run_script("--config", slow_config, "--steps", "2").returncode == 0
+    before = (out / "checkpoints" / "step-000002" / "model.safetensors").read_bytes()
+    result = run_script("--config", slow_config, "--steps", "4", "--resume_from_checkpoint", "latest",
+                        "--reward_fn", f"{tmp_path / 'slow_reward.py'}:overflows")
+    assert result.returncode == 1, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: step 3: ") and "training diverged" in last, last
+    assert last.endswith(f"last good checkpoint: {out}/checkpoints/step-000002")
+    assert (out / "checkpoints" / "step-000002" / "model.safetensors").read_bytes() == before
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [1, 2]
 
 
 BAD_INPUTS = [
