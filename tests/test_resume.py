@@ -93,6 +93,19 @@ def test_sigint_checkpoints_and_says_how_to_resume(slow_config, tmp_path):
     assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == list(range(1, 9))
 
 
+def test_second_sigint_exits_at_once(slow_config, tmp_path):
+    out = tmp_path / "run"
+    proc = start(slow_config, "--save_every", "1")
+    wait_for(lambda: len(list_checkpoints(out)) >= 1 or proc.poll() is not None)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert stderr.strip().splitlines()[-1] == "second interrupt: exiting now; the last checkpoint is kept"
+    assert find_checkpoint(out, "latest").name.startswith("step-")
+
+
 def test_latest_skips_a_checkpoint_killed_mid_write(slow_config, tmp_path):
     out = tmp_path / "run"
     assert run_script("--config", slow_config, "--steps", "4").returncode == 0
