@@ -122,9 +122,11 @@ def check_settings(args: ScriptArguments, config: PPOConfig) -> None:
     for low, high in [("prompt_min_tokens", "prompt_max_tokens"), ("response_min_tokens", "response_max_tokens")]:
         if not 1 <= getattr(args, low) <= getattr(args, high):
             raise RunError(f"need 1 <= {low} <= {high}, got {getattr(args, low)} and {getattr(args, high)}")
-    for name in ["steps", "generation_batch_size", "keep_last"]:
-        if getattr(config if name == "steps" else args, name) < 1:
-            raise RunError(f"setting '{name}' must be at least 1")
+    counts = {"steps": config.steps, "generation_batch_size": args.generation_batch_size,
+              "save_every": args.save_every, "keep_last": args.keep_last}
+    for name, value in counts.items():
+        if value < 1:
+            raise RunError(f"setting '{name}' must be at least 1, got {value}")
     if config.log_with == "tensorboard" and not importlib.util.find_spec("tensorboard"):
         raise RunError("log_with: tensorboard needs the tensorboard package: pip install tensorboard")
     if args.eval_file and not os.path.isfile(args.eval_file):

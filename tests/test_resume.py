@@ -143,6 +143,7 @@ BAD_INPUTS = [
     (["--model_name_or_path", "/nonexistent/model"], "model_name_or_path: directory '/nonexistent/model' not found"),
     (["--dataset_name", "missing.jsonl"], "dataset_name: file 'missing.jsonl' not found"),
     (["--min_text_length", "100000"], "dataset '{data}' has no text of at least 100000 characters"),
+    (["--save_every", "0"], "setting 'save_every' must be at least 1, got 0"),
     (["--batch_size", "12"], "batch_size must be a multiple of mini_batch_size * gradient_accumulation_steps"),
     (["--response_max_tokens", "200"], "prompt_max_tokens + response_max_tokens = 208 exceeds the model's context"),
     (["--reward_fn", "no_such_reward"], "reward_fn 'no_such_reward': no function 'no_such_reward'"),
