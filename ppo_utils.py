@@ -1,6 +1,7 @@
 """Helpers for train_ppo.py that deserve their own tests: config errors, the reward contract, data order,
 checkpoints and the metrics file. train_ppo.py holds the algorithm; this file holds the plumbing."""
 
+import dataclasses
 import difflib
 import importlib.util
 import json
@@ -81,8 +82,6 @@ def parse_config(parser, argv: list[str]):
 
 def check_types(*dataclass_objects) -> None:
     """YAML values skip argparse's type conversion: check each simple setting has its declared type."""
-    import dataclasses
-
     for obj in dataclass_objects:
         for f in dataclasses.fields(obj):
             value, kind = getattr(obj, f.name), f.type  # HfArgumentParser has already unwrapped Optional[X]

@@ -13,6 +13,7 @@ target (adaptive KL control), (4) we log. Settings: ScriptArguments below plus e
 import dataclasses
 import importlib.util
 import json
+import math
 import os
 import shutil
 import signal
@@ -363,7 +364,7 @@ def main(argv: list[str]) -> None:
             row["memory/peak_gb"] = torch.cuda.max_memory_allocated() / 2**30
             torch.cuda.reset_peak_memory_stats()
         bad = [k for k in ("objective/kl", "ppo/loss/total", "ppo/loss/policy", "ppo/loss/value")
-               if not torch.isfinite(torch.tensor(row.get(k, 0.0)))]
+               if not math.isfinite(row.get(k, 0.0))]
         if bad:
             last = list_checkpoints(args.output_dir)
             raise RunError(f"step {step}: {bad[0]} is {row[bad[0]]}; training diverged (lower learning_rate, "

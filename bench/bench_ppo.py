@@ -28,7 +28,7 @@ warnings.filterwarnings("ignore")
 
 import torch  # noqa: E402
 import yaml  # noqa: E402
-from trl import AutoModelForCausalLMWithValueHead, PPOConfig, PPOTrainer, set_seed  # noqa: E402
+from trl import PPOConfig, PPOTrainer, set_seed  # noqa: E402
 from trl.core import LengthSampler  # noqa: E402
 
 import reward  # noqa: E402
