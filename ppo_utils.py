@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from trl.core import convert_to_scalar
 
 
 class RunError(Exception):
@@ -243,14 +244,9 @@ def load_checkpoint_state(path: Path, optimizer) -> dict:
 
 
 def scalar_stats(stats: dict) -> dict:
-    """The single-number entries of TRL's step statistics, as plain floats."""
-    out = {}
-    for key, value in stats.items():
-        if isinstance(value, torch.Tensor | np.ndarray | np.generic) and np.size(value) == 1:
-            out[key] = float(np.asarray(value.cpu() if isinstance(value, torch.Tensor) else value).reshape(()))
-        elif isinstance(value, numbers.Real):
-            out[key] = float(value)
-    return out
+    """The single-number entries of TRL's step statistics (objective/kl, objective/kl_coef — the beta this step
+    used —, ppo/loss/*, ...), as plain floats; histograms are left out."""
+    return {k: float(v) for k, v in convert_to_scalar(stats).items() if isinstance(v, numbers.Real)}
 
 
 def read_metrics(path) -> list[dict]:
@@ -282,15 +278,16 @@ def evaluate(trainer, tokenizer, prompts: list[str], reward_fn, reward_kwargs: d
     as_reference = trainer.optional_peft_ctx
     device = trainer.accelerator.device
     queries = [torch.tensor(ids, device=device) for ids in tokenizer(prompts)["input_ids"]]
-    report = {"prompts": prompts}
+    report, samples = {"prompts": prompts}, {}
     for name, model, context in [("before", reference, as_reference), ("after", policy, nullcontext)]:
         torch.manual_seed(seed)
         with context():
-            responses = trainer._generate_batched(model, queries, batch_size=batch_size, return_prompt=False,
-                                                  **generation_kwargs)
-        texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
+            samples[name] = trainer._generate_batched(model, queries, batch_size=batch_size, return_prompt=False,
+                                                      **generation_kwargs)
+        texts = tokenizer.batch_decode(samples[name], skip_special_tokens=True)
         report[name] = {"responses": texts, "rewards": compute_rewards(reward_fn, prompts, texts, reward_kwargs)}
-    # `responses` are now the tuned policy's. TRL's KL estimator, as in objective/kl: sum over response tokens of log pi(token) - log pi_ref(token)
+    # TRL's KL estimator, as in objective/kl, on the tuned policy's samples: sum of log pi - log pi_ref per response
+    responses = samples["after"]
     inputs = trainer.prepare_model_inputs(queries, responses)
     with torch.no_grad():
         logprobs, _, _, masks = trainer.batched_forward_pass(policy, queries, responses, inputs)

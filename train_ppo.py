@@ -36,6 +36,7 @@ from transformers import AutoConfig, AutoTokenizer
 from trl import AutoModelForCausalLMWithValueHead, PPOConfig, PPOTrainer, set_seed
 from trl.commands.cli_utils import TrlParser
 from trl.core import LengthSampler
+from trl.trainer.utils import disable_dropout_in_model
 
 from plot import plot_run
 from ppo_utils import (
@@ -172,9 +173,7 @@ def load_model(path: str, what: str, args: ScriptArguments, peft: bool = False):
     finally:
         transformers.logging.set_verbosity(verbosity)
     if args.disable_dropout:
-        for module in model.modules():
-            if isinstance(module, torch.nn.Dropout):
-                module.p = 0.0
+        disable_dropout_in_model(model)
     return model
 
 
@@ -315,12 +314,11 @@ def main(argv: list[str]) -> None:
 
     def checkpoint_now(step: int) -> Path:
         accelerator.wait_for_everyone()
-        path = output_dir / "checkpoints" / f"step-{step:06d}"
         if state.is_main_process:
-            path = save_checkpoint(args.output_dir, step, accelerator.unwrap_model(trainer.model), tokenizer,
-                                   trainer.optimizer, float(trainer.kl_ctl.value), args.keep_last)
+            save_checkpoint(args.output_dir, step, accelerator.unwrap_model(trainer.model), tokenizer,
+                            trainer.optimizer, float(trainer.kl_ctl.value), args.keep_last)
         accelerator.wait_for_everyone()
-        return path
+        return output_dir / "checkpoints" / f"step-{step:06d}"
 
     # ---- The PPO loop
     response_length = LengthSampler(args.response_min_tokens, args.response_max_tokens + 1)
@@ -348,17 +346,19 @@ def main(argv: list[str]) -> None:
 
         # 3. PPO step: KL-penalised rewards, advantages, ppo_epochs of minibatch updates, beta update
         t2 = time.perf_counter()
-        beta = trainer.kl_ctl.value
-        with warnings.catch_warnings(record=True) as caught:
+        with warnings.catch_warnings(record=True) as caught:  # count TRL's skipped minibatches
             warnings.simplefilter("always")
             stats = trainer.step(queries, responses, [torch.tensor(s) for s in scores])
         skipped = sum("exceeds threshold" in str(w.message) for w in caught)
+        for w in caught:  # and pass on every other warning (negative KL, ...) as usual
+            if "exceeds threshold" not in str(w.message):
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         t3 = time.perf_counter()
 
         # 4. Log: one metrics row per step, from statistics gathered over all processes
         all_scores = accelerator.gather(torch.tensor(scores, device=accelerator.device)).float()
         row = {"step": step, "env/reward_mean": all_scores.mean().item(), "env/reward_std": all_scores.std().item(),
-               **scalar_stats(stats), "objective/kl_coef": float(beta), "ppo/skipped_minibatches": skipped,
+               **scalar_stats(stats), "ppo/skipped_minibatches": skipped,
                "time/generate": t1 - t0, "time/score": t2 - t1, "time/ppo_step": t3 - t2}
         if torch.cuda.is_available():  # this step's peak; memory that grows from step to step is a leak
             row["memory/peak_gb"] = torch.cuda.max_memory_allocated() / 2**30

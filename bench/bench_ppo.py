@@ -87,50 +87,47 @@ def batches(trainer, dataset, steps: int):
         yield batch, [torch.tensor(ids, device=trainer.accelerator.device) for ids in batch["input_ids"]]
 
 
-def run_trl_example(paths, steps: int, device: str) -> list[dict]:
-    """examples/scripts/ppo.py: generate in chunks of 4 (its default), plus a reference response each step,
-    both scored by the pipeline with batch 16."""
+def timed_steps(paths, steps: int, device: str, generate) -> list[dict]:
+    """The generate -> score -> step loop of TRL's own examples, timed per phase. `generate(trainer, tokenizer,
+    queries)` returns (responses, reference responses or None); rewards come from the pipeline with batch 16."""
     trainer, tokenizer, dataset = make_trainer(paths, device)
-    lengths = LengthSampler(SETTINGS["response_min_tokens"], SETTINGS["response_max_tokens"] + 1)
+    score = lambda prompts, texts: reward.sentiment_classifier(  # noqa: E731
+        prompts, texts, model=paths["classifier"], batch_size=16)
     times = []
     for batch, queries in batches(trainer, dataset, steps):
         t0 = time.perf_counter()
-        responses, ref_responses = trainer.generate(queries, length_sampler=lengths, return_prompt=False,
-                                                    generate_ref_response=True, pad_token_id=tokenizer.eos_token_id,
-                                                    **GENERATION)
-        texts, ref_texts = tokenizer.batch_decode(responses), tokenizer.batch_decode(ref_responses)
-        sync()
-        t1 = time.perf_counter()
-        scores = reward.sentiment_classifier(batch["query"], texts, model=paths["classifier"], batch_size=16)
-        reward.sentiment_classifier(batch["query"], ref_texts, model=paths["classifier"], batch_size=16)
-        t2 = time.perf_counter()
-        trainer.step(queries, responses, [torch.tensor(s) for s in scores])
-        sync()
-        times.append({"generate": t1 - t0, "score": t2 - t1, "step": time.perf_counter() - t2, "memory": peak_gb()})
-    return times
-
-
-def run_notebook(paths, steps: int, device: str) -> list[dict]:
-    """TRL's gpt2-sentiment notebook: one generate call per sequence, pipeline batch 16."""
-    trainer, tokenizer, dataset = make_trainer(paths, device)
-    lengths = LengthSampler(SETTINGS["response_min_tokens"], SETTINGS["response_max_tokens"] + 1)
-    times = []
-    for batch, queries in batches(trainer, dataset, steps):
-        t0 = time.perf_counter()
-        responses = []
-        for query in queries:
-            n = lengths()
-            response = trainer.generate(query, max_new_tokens=n, pad_token_id=tokenizer.eos_token_id, **GENERATION)
-            responses.append(response.squeeze()[-n:])
+        responses, ref_responses = generate(trainer, tokenizer, queries)
         texts = tokenizer.batch_decode(responses)
         sync()
         t1 = time.perf_counter()
-        scores = reward.sentiment_classifier(batch["query"], texts, model=paths["classifier"], batch_size=16)
+        scores = score(batch["query"], texts)
+        if ref_responses is not None:
+            score(batch["query"], tokenizer.batch_decode(ref_responses))
         t2 = time.perf_counter()
         trainer.step(queries, responses, [torch.tensor(s) for s in scores])
         sync()
         times.append({"generate": t1 - t0, "score": t2 - t1, "step": time.perf_counter() - t2, "memory": peak_gb()})
     return times
+
+
+RESPONSE_LENGTH = LengthSampler(SETTINGS["response_min_tokens"], SETTINGS["response_max_tokens"] + 1)
+
+
+def trl_example_generate(trainer, tokenizer, queries):
+    """examples/scripts/ppo.py: PPOTrainer.generate in its default chunks of 4 (one sampled length per chunk),
+    plus a reference response for every prompt."""
+    return trainer.generate(queries, length_sampler=RESPONSE_LENGTH, return_prompt=False,
+                            generate_ref_response=True, pad_token_id=tokenizer.eos_token_id, **GENERATION)
+
+
+def notebook_generate(trainer, tokenizer, queries):
+    """gpt2-sentiment.ipynb: one generate call per sequence."""
+    responses = []
+    for query in queries:
+        n = RESPONSE_LENGTH()
+        response = trainer.generate(query, max_new_tokens=n, pad_token_id=tokenizer.eos_token_id, **GENERATION)
+        responses.append(response.squeeze()[-n:])
+    return responses, None
 
 
 def bare_limits(paths, device: str, repeats: int = 3) -> dict:
@@ -190,9 +187,10 @@ def main():
              "data": str(write_dataset(work / "reviews.jsonl", n=SETTINGS["batch_size"] * 8))}
     steps = opts.warmup + opts.steps
     results = [summarise("ours (train_ppo.py)", run_ours(paths, steps, opts.device, work / "ours"), opts.warmup),
-               summarise("TRL example script", run_trl_example(paths, steps, opts.device), opts.warmup),
-               summarise("TRL notebook", run_notebook(paths, opts.warmup + (opts.notebook_steps or opts.steps),
-                                                      opts.device), opts.warmup)]
+               summarise("TRL example script", timed_steps(paths, steps, opts.device, trl_example_generate),
+                         opts.warmup),
+               summarise("TRL notebook", timed_steps(paths, opts.warmup + (opts.notebook_steps or opts.steps),
+                                                     opts.device, notebook_generate), opts.warmup)]
     bare = bare_limits(paths, opts.device)
 
     ours, example, notebook = results
