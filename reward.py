@@ -23,6 +23,15 @@ def _text_classifier(model: str, device: int, torch_dtype: str):
     return pipeline("text-classification", model=model, device=device, dtype=dtype)
 
 
+def _label_logits(prompts, responses, model, batch_size, torch_dtype) -> list[dict[str, float]]:
+    """Raw logit of every label of a text classifier, on prompt + response."""
+    device = torch.cuda.current_device() if torch.cuda.is_available() else -1
+    classify = _text_classifier(model, device, torch_dtype)
+    texts = [p + r for p, r in zip(prompts, responses)]
+    outputs = classify(texts, top_k=None, function_to_apply="none", batch_size=batch_size, truncation=True)
+    return [{o["label"]: o["score"] for o in out} for out in outputs]
+
+
 def sentiment_classifier(
     prompts: list[str],
     responses: list[str],
@@ -37,14 +46,30 @@ def sentiment_classifier(
     Range: unbounded logit; for lvwerra/distilbert-imdb roughly -3 (negative review) to +3 (positive).
     Runs on the current GPU when there is one; `model` is a hub id or a local directory.
     """
-    device = torch.cuda.current_device() if torch.cuda.is_available() else -1
-    classify = _text_classifier(model, device, torch_dtype)
-    labels = classify.model.config.label2id
-    if positive_label not in labels:
-        raise ValueError(f"label {positive_label!r} is not one of the classifier's labels {sorted(labels)}")
-    texts = [p + r for p, r in zip(prompts, responses)]
-    outputs = classify(texts, top_k=None, function_to_apply="none", batch_size=batch_size, truncation=True)
-    return [next(o["score"] for o in out if o["label"] == positive_label) for out in outputs]
+    logits = _label_logits(prompts, responses, model, batch_size, torch_dtype)
+    if logits and positive_label not in logits[0]:
+        raise ValueError(f"label {positive_label!r} is not one of the classifier's labels {sorted(logits[0])}")
+    return [out[positive_label] for out in logits]
+
+
+def sentiment_positive(
+    prompts: list[str],
+    responses: list[str],
+    model: str = "lvwerra/distilbert-imdb",
+    positive_label: str = "POSITIVE",
+    batch_size: int = 128,
+    torch_dtype: str = "float32",
+    **_,
+) -> list[float]:
+    """1.0 where the classifier calls prompt + response `positive_label` (its top label), else 0.0; the mean is the
+    share of positive texts. Same keyword arguments as sentiment_classifier: a judge for eval_reward_fns.
+
+    Range: 0 or 1.
+    """
+    logits = _label_logits(prompts, responses, model, batch_size, torch_dtype)
+    if logits and positive_label not in logits[0]:
+        raise ValueError(f"label {positive_label!r} is not one of the classifier's labels {sorted(logits[0])}")
+    return [float(max(out, key=out.get) == positive_label) for out in logits]
 
 
 @functools.cache

@@ -10,12 +10,10 @@ computes GAE advantages and runs ppo_epochs of clipped policy/value updates, the
 target (adaptive KL control), (4) we log. Settings: ScriptArguments below plus every field of trl.PPOConfig.
 """
 
-import dataclasses
 import importlib.util
 import json
 import math
 import os
-import shutil
 import signal
 import sys
 import time
@@ -28,34 +26,27 @@ warnings.filterwarnings("ignore", category=FutureWarning)  # TRL 0.11 marks PPOC
 
 import torch
 import transformers
-import yaml
 from accelerate import PartialState
-from datasets import disable_progress_bars, load_dataset
+from accelerate.utils import parse_flag_from_env
+from datasets import disable_progress_bars
 from tqdm import tqdm
 from transformers import AutoConfig, AutoTokenizer
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 from trl import AutoModelForCausalLMWithValueHead, PPOConfig, PPOTrainer, set_seed
 from trl.commands.cli_utils import TrlParser
 from trl.core import LengthSampler
 from trl.trainer.utils import disable_dropout_in_model
 
 from plot import plot_run
-from ppo_utils import (
-    JsonDict,
-    RunError,
-    batch_indices,
-    check_types,
-    compute_rewards,
-    evaluate,
-    find_checkpoint,
-    list_checkpoints,
-    load_checkpoint_state,
-    load_reward_fn,
-    parse_config,
-    save_checkpoint,
-    scalar_stats,
-    truncate_metrics,
-    write_eval_report,
-)
+from checkpoints import find_checkpoint, list_checkpoints, load_checkpoint_state, save_checkpoint
+from data import batch_indices, fit_prompts, load_texts, read_eval_prompts
+from errors import RunError, together
+from evaluation import evaluate, write_eval_report
+from metrics import scalar_stats, truncate_metrics
+from outputs import (check_resume_settings, clear_earlier_run, holds_earlier_run, lock_output_dir, run_settings,
+                     save_run_config)
+from reward_contract import compute_rewards, load_reward_fn
+from validation import UNUSED_PPO_FIELDS, JsonDict, check_values, parse_config
 
 
 @dataclass
@@ -110,6 +101,21 @@ class ScriptArguments:
     sample_every: int = field(default=20, metadata={"help": "Print a table of samples every N steps; 0 = never."})
     eval_file: Optional[str] = field(
         default=None, metadata={"help": "Held-out prompts, one per line: compare reference and tuned policy at the end."})
+    eval_reward_fns: list[str] = field(
+        default_factory=list, metadata={"help": "Judges for the evaluation: reward functions the policy never trained "
+                                        "on, called with reward_kwargs (e.g. vader sentiment_positive)."})
+
+    def __post_init__(self):
+        check_values(self)  # types and validation.RANGES, before anything is loaded
+
+
+@dataclass
+class CheckedPPOConfig(PPOConfig):
+    """trl.PPOConfig, its values checked (validation.RANGES, unused fields) before TRL's own __post_init__ uses them."""
+
+    def __post_init__(self):
+        check_values(self)
+        super().__post_init__()
 
 
 # Generation settings under which the responses are samples of the policy itself; PPOTrainer computes
@@ -120,19 +126,11 @@ DERIVED_PPO_FIELDS = {"world_size", "backward_batch_size", "global_backward_batc
 
 
 def check_settings(args: ScriptArguments, config: PPOConfig) -> None:
-    """Settings that can be checked before anything is loaded."""
-    for low, high in [("prompt_min_tokens", "prompt_max_tokens"), ("response_min_tokens", "response_max_tokens")]:
-        if not 1 <= getattr(args, low) <= getattr(args, high):
-            raise RunError(f"need 1 <= {low} <= {high}, got {getattr(args, low)} and {getattr(args, high)}")
-    counts = {"steps": config.steps, "generation_batch_size": args.generation_batch_size,
-              "save_every": args.save_every, "keep_last": args.keep_last}
-    for name, value in counts.items():
-        if value < 1:
-            raise RunError(f"setting '{name}' must be at least 1, got {value}")
+    """Settings that point at files or packages, checked before anything is loaded or written."""
     if config.log_with == "tensorboard" and not importlib.util.find_spec("tensorboard"):
         raise RunError("log_with: tensorboard needs the tensorboard package: pip install tensorboard")
-    if args.eval_file and not os.path.isfile(args.eval_file):
-        raise RunError(f"eval_file '{args.eval_file}' not found: pass a text file of prompts, one per line")
+    if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
+        raise RunError(f"output_dir '{args.output_dir}' is a file, not a directory: choose another output_dir")
     changed = {k: getattr(args, k) for k, v in HONEST_SAMPLING.items() if getattr(args, k) != v}
     if changed:
         warnings.warn(f"generation settings {changed} sample from a distribution other than the policy's, "
@@ -142,11 +140,15 @@ def check_settings(args: ScriptArguments, config: PPOConfig) -> None:
 
 def from_pretrained(cls, path: str, what: str, **kwargs):
     """cls.from_pretrained from a local directory or the hub, failing with one sentence that names the setting."""
+    if os.path.isfile(path):
+        raise RunError(f"{what} '{path}' is a file: point it to the directory that holds the model's config.json")
     try:
         return cls.from_pretrained(path, **kwargs)
-    except OSError as e:
+    except Exception as e:  # OSError, ValueError, SafetensorError, ...: the library's first line says what is wrong
         if os.path.isdir(path):
-            raise RunError(f"{what} '{path}' could not be loaded: {str(e).splitlines()[0]}") from None
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise RunError(f"{what} '{path}' could not be loaded ({reason}); point it to a complete saved model "
+                           "directory (config.json, weights, tokenizer)") from None
         if path.startswith(("/", ".", "~")) or path.count("/") > 1:  # a path, not a hub id like org/name
             raise RunError(f"{what}: directory '{path}' not found; point it to a saved model directory") from None
         raise RunError(f"{what} '{path}' is not a local directory and could not be fetched from the Hugging Face "
@@ -170,6 +172,12 @@ def load_model(path: str, what: str, args: ScriptArguments, peft: bool = False):
     try:
         model = from_pretrained(AutoModelForCausalLMWithValueHead, path, what, dtype=dtype,
                                 trust_remote_code=args.trust_remote_code, **kwargs)
+    except RunError as e:
+        if "Target modules" in str(e):  # peft: lora_target_modules names modules the model does not have
+            raise RunError(f"lora_target_modules {args.lora_target_modules} are not modules of '{path}': name "
+                           "linear layers it has (e.g. q_proj v_proj for Llama, c_attn for GPT-2), or leave it "
+                           "unset for peft's choice") from None
+        raise
     finally:
         transformers.logging.set_verbosity(verbosity)
     if args.disable_dropout:
@@ -179,28 +187,7 @@ def load_model(path: str, what: str, args: ScriptArguments, peft: bool = False):
 
 def load_prompts(args: ScriptArguments, tokenizer, seed: int):
     """Texts -> prompts: the first 2-8 tokens (a random length per text, as in TRL's example)."""
-    local = Path(args.dataset_name.split(",")[0]).suffix in {".json", ".jsonl", ".csv", ".txt"}
-    try:
-        if local:
-            files = args.dataset_name.split(",")
-            missing = [f for f in files if not os.path.isfile(f)]
-            if missing:
-                raise RunError(f"dataset_name: file '{missing[0]}' not found")
-            builder = {".jsonl": "json", ".txt": "text"}.get(Path(files[0]).suffix, Path(files[0]).suffix[1:])
-            texts = load_dataset(builder, data_files=files, split="train")
-        else:
-            texts = load_dataset(args.dataset_name, split=args.dataset_split)
-    except (ConnectionError, FileNotFoundError) as e:
-        raise RunError(f"dataset '{args.dataset_name}' could not be loaded ({str(e).splitlines()[0]}); offline, "
-                       f"point dataset_name to local .jsonl/.csv/.txt files, e.g. data/prompts_train.txt") from None
-    if args.text_column not in texts.column_names:
-        raise RunError(f"text_column '{args.text_column}' is not a column of '{args.dataset_name}': "
-                       f"{texts.column_names}")
-    texts = texts.filter(lambda t: len(t) >= max(1, args.min_text_length), input_columns=args.text_column)
-    if len(texts) == 0:
-        raise RunError(f"dataset '{args.dataset_name}' has no text of at least {args.min_text_length} characters; "
-                       "lower min_text_length or check dataset_name and text_column")
-
+    texts = load_texts(args.dataset_name, args.dataset_split, args.text_column, args.min_text_length)
     set_seed(seed)
     prompt_length = LengthSampler(args.prompt_min_tokens, args.prompt_max_tokens + 1)
 
@@ -209,14 +196,6 @@ def load_prompts(args: ScriptArguments, tokenizer, seed: int):
         return {"input_ids": ids, "query": tokenizer.batch_decode(ids, skip_special_tokens=True)}
 
     return texts.map(tokenize, batched=True, remove_columns=texts.column_names, load_from_cache_file=False)
-
-
-def save_run_config(args: ScriptArguments, config: PPOConfig) -> None:
-    settings = {**dataclasses.asdict(args),
-                **{f.name: getattr(config, f.name) for f in dataclasses.fields(config)
-                   if f.name not in DERIVED_PPO_FIELDS}}
-    settings["reward_kwargs"] = dict(args.reward_kwargs)
-    Path(args.output_dir, "run_config.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
 
 
 def print_table(title: str, columns: list[str], *cells, n: int = 4) -> None:
@@ -233,50 +212,75 @@ def print_table(title: str, columns: list[str], *cells, n: int = 4) -> None:
 
 
 def main(argv: list[str]) -> None:
-    args, config = parse_config(TrlParser((ScriptArguments, PPOConfig)), argv)
-    check_types(args, config)
+    # ---- Settings: parsed and checked (types, ranges, files) before anything is loaded or written
+    args, config = parse_config(TrlParser((ScriptArguments, CheckedPPOConfig)), argv)
     check_settings(args, config)
-    state = PartialState()
+    eval_prompts = read_eval_prompts(args.eval_file) if args.eval_file else None
+    settings = run_settings(args, config, DERIVED_PPO_FIELDS | set(UNUSED_PPO_FIELDS))
+    # what trackers show as the run's model, data and reward (PPOConfig's own fields are TRL's example's)
+    config.model_name, config.query_dataset, config.reward_model = \
+        args.model_name_or_path, args.dataset_name, args.reward_fn
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))  # `accelerate launch --cpu`, or set by hand
     disable_progress_bars()  # datasets' bars for filter/map; the PPO bar is the one to watch
     output_dir = Path(args.output_dir)
     metrics_path = output_dir / "metrics.jsonl"
-    checkpoint = find_checkpoint(args.output_dir, args.resume_from_checkpoint) if args.resume_from_checkpoint else None
-    earlier_run = metrics_path.exists() or list_checkpoints(args.output_dir)
-    if earlier_run and not (checkpoint or args.overwrite_output_dir):
-        raise RunError(f"output_dir '{args.output_dir}' holds an earlier run: resume it with "
-                       "--resume_from_checkpoint latest, replace it with --overwrite_output_dir, "
-                       "or choose another --output_dir")
-    reward_fn = load_reward_fn(args.reward_fn)
 
-    # ---- Models: policy with value head (from the checkpoint when resuming), frozen reference, tokenizer
-    remote = {"trust_remote_code": args.trust_remote_code}
-    model_config = from_pretrained(AutoConfig, args.model_name_or_path, "model_name_or_path", **remote)
-    tokenizer = from_pretrained(AutoTokenizer, args.model_name_or_path, "model_name_or_path", **remote)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    # PPOTrainer.generate pads prompts on the left by itself; its scoring forward pass pads on the tokenizer's
-    # side without position ids, so that side must be the right one or absolute positions shift (trl#2654)
-    tokenizer.padding_side = "right"
-    context = getattr(model_config, "max_position_embeddings", None) or getattr(model_config, "n_positions", None)
-    if context and args.prompt_max_tokens + args.response_max_tokens > context:
-        raise RunError(f"prompt_max_tokens + response_max_tokens = "
-                       f"{args.prompt_max_tokens + args.response_max_tokens} exceeds the model's context of "
-                       f"{context} tokens; lower one of them")
-    policy = load_model(str(checkpoint or args.model_name_or_path), "model_name_or_path", args, args.use_peft)
-    if args.use_peft:  # PPOTrainer then scores the reference as the policy with its adapters disabled
-        reference = None
-        trainable = sum(p.numel() for p in policy.parameters() if p.requires_grad)
-        if state.is_main_process:
-            print(f"LoRA: training {trainable:,} of {sum(p.numel() for p in policy.parameters()):,} parameters",
-                  file=sys.stderr)
-    else:
-        reference = load_model(args.ref_model_name_or_path or args.model_name_or_path, "ref_model_name_or_path", args)
+    # Everything that can fail on bad input happens inside `together`: a failure on any process ends them all, and
+    # the output directory is only touched after it (nothing runs half-way).
+    with together(state):
+        checkpoint = find_checkpoint(args.output_dir, args.resume_from_checkpoint) \
+            if args.resume_from_checkpoint else None
+        if checkpoint:
+            check_resume_settings(settings, checkpoint)
+        elif holds_earlier_run(args.output_dir) and not args.overwrite_output_dir:
+            raise RunError(f"output_dir '{args.output_dir}' holds an earlier run: resume it with "
+                           "--resume_from_checkpoint latest, replace it with --overwrite_output_dir, "
+                           "or choose another --output_dir")
+        reward_fn = load_reward_fn(args.reward_fn)
+        judges = {spec: load_reward_fn(spec, "eval_reward_fns") for spec in args.eval_reward_fns}
 
-    # ---- Data: prompts, in an order that is a pure function of (seed, step) so a resume continues it
-    dataset = load_prompts(args, tokenizer, config.seed)
-    if len(dataset) < config.batch_size * state.num_processes:
-        raise RunError(f"the dataset has {len(dataset)} prompts, fewer than one batch "
-                       f"(batch_size {config.batch_size} x {state.num_processes} processes); lower batch_size")
+        # ---- Models: policy with value head (from the checkpoint when resuming), frozen reference, tokenizer
+        remote = {"trust_remote_code": args.trust_remote_code}
+        model_config = from_pretrained(AutoConfig, args.model_name_or_path, "model_name_or_path", **remote)
+        if not args.trust_remote_code and model_config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+            raise RunError(f"model_name_or_path '{args.model_name_or_path}' is a {model_config.model_type} model "
+                           f"({', '.join(model_config.architectures or [])}) with no causal-LM head: PPO here tunes a "
+                           "causal language model (gpt2, Llama, SmolLM2, ...)")
+        tokenizer = from_pretrained(AutoTokenizer, args.model_name_or_path, "model_name_or_path", **remote)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        # PPOTrainer.generate pads prompts on the left by itself; its scoring forward pass pads on the tokenizer's
+        # side without position ids, so that side must be the right one or absolute positions shift (trl#2654)
+        tokenizer.padding_side = "right"
+        context = getattr(model_config, "max_position_embeddings", None) or getattr(model_config, "n_positions", None)
+        if context and args.prompt_max_tokens + args.response_max_tokens > context:
+            raise RunError(f"prompt_max_tokens + response_max_tokens = "
+                           f"{args.prompt_max_tokens + args.response_max_tokens} exceeds the model's context of "
+                           f"{context} tokens; lower one of them")
+        if eval_prompts and context:
+            eval_prompts = fit_prompts(eval_prompts, tokenizer, context - args.response_max_tokens - 8)
+        policy = load_model(str(checkpoint or args.model_name_or_path), "model_name_or_path", args, args.use_peft)
+        if args.use_peft:  # PPOTrainer then scores the reference as the policy with its adapters disabled
+            reference = None
+            trainable = sum(p.numel() for p in policy.parameters() if p.requires_grad)
+            if state.is_main_process:
+                print(f"LoRA: training {trainable:,} of {sum(p.numel() for p in policy.parameters()):,} parameters",
+                      file=sys.stderr)
+        else:
+            reference = load_model(args.ref_model_name_or_path or args.model_name_or_path, "ref_model_name_or_path",
+                                   args)
+
+        # ---- Data: prompts, in an order that is a pure function of (seed, step) so a resume continues it
+        dataset = load_prompts(args, tokenizer, config.seed)
+        if len(dataset) < config.batch_size * state.num_processes:
+            raise RunError(f"the dataset has {len(dataset)} prompts, fewer than one batch "
+                           f"(batch_size {config.batch_size} x {state.num_processes} processes); lower batch_size")
+        if state.is_main_process:  # one live run per output_dir; held until this process ends
+            lock_output_dir(args.output_dir)
+
+    if state.is_main_process and not checkpoint:
+        clear_earlier_run(args.output_dir)  # with --overwrite_output_dir; a no-op in a new directory
+        save_run_config(settings, output_dir)
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="No dataset is provided")
@@ -290,13 +294,6 @@ def main(argv: list[str]) -> None:
         if state.is_main_process:
             truncate_metrics(metrics_path, start_step)
             print(f"resumed from {checkpoint} at step {start_step} (beta={trainer.kl_ctl.value:.4f})", file=sys.stderr)
-    elif state.is_main_process:
-        if args.overwrite_output_dir:
-            metrics_path.unlink(missing_ok=True)
-            for old in list_checkpoints(args.output_dir):
-                shutil.rmtree(old)
-        output_dir.mkdir(parents=True, exist_ok=True)
-        save_run_config(args, config)
 
     # ---- Clean stops: the first SIGINT/SIGTERM finishes the step and checkpoints; a second exits at once
     stop_signal = []
@@ -316,7 +313,7 @@ def main(argv: list[str]) -> None:
         accelerator.wait_for_everyone()
         if state.is_main_process:
             save_checkpoint(args.output_dir, step, accelerator.unwrap_model(trainer.model), tokenizer,
-                            trainer.optimizer, float(trainer.kl_ctl.value), args.keep_last)
+                            trainer.optimizer, float(trainer.kl_ctl.value), args.keep_last, settings)
         accelerator.wait_for_everyone()
         return output_dir / "checkpoints" / f"step-{step:06d}"
 
@@ -324,6 +321,7 @@ def main(argv: list[str]) -> None:
     response_length = LengthSampler(args.response_min_tokens, args.response_max_tokens + 1)
     generation_kwargs = {k: getattr(args, k) for k in HONEST_SAMPLING} | {
         "max_new_tokens": args.response_max_tokens, "pad_token_id": tokenizer.pad_token_id}
+    trainable = [p for p in trainer.model.parameters() if p.requires_grad]
     progress = tqdm(range(start_step + 1, config.steps + 1), initial=start_step, total=config.steps,
                     desc="PPO", disable=not state.is_main_process, dynamic_ncols=True)
     for step in progress:
@@ -332,17 +330,19 @@ def main(argv: list[str]) -> None:
         batch = dataset[rows]
         queries = [torch.tensor(ids, device=accelerator.device) for ids in batch["input_ids"]]
 
-        # 1. Generate: the whole batch left-padded per generate() call. Each response is cut to its own
-        #    sampled length; the first n tokens of a longer sample are exactly a sample of n tokens.
-        t0 = time.perf_counter()
-        responses = trainer.generate(queries, batch_size=args.generation_batch_size, return_prompt=False,
-                                     **generation_kwargs)
-        responses = [r[: response_length()] for r in responses]
-        response_texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
+        # Each process generates and scores its own slice: a reward error or a stop signal on one reaches all
+        with together(state, stop_signal) as phase:
+            # 1. Generate: the whole batch left-padded per generate() call. Each response is cut to its own
+            #    sampled length; the first n tokens of a longer sample are exactly a sample of n tokens.
+            t0 = time.perf_counter()
+            responses = trainer.generate(queries, batch_size=args.generation_batch_size, return_prompt=False,
+                                         **generation_kwargs)
+            responses = [r[: response_length()] for r in responses]
+            response_texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
 
-        # 2. Score
-        t1 = time.perf_counter()
-        scores = compute_rewards(reward_fn, batch["query"], response_texts, args.reward_kwargs)
+            # 2. Score
+            t1 = time.perf_counter()
+            scores = compute_rewards(reward_fn, batch["query"], response_texts, args.reward_kwargs)
 
         # 3. PPO step: KL-penalised rewards, advantages, ppo_epochs of minibatch updates, beta update
         t2 = time.perf_counter()
@@ -357,17 +357,20 @@ def main(argv: list[str]) -> None:
 
         # 4. Log: one metrics row per step, from statistics gathered over all processes
         all_scores = accelerator.gather(torch.tensor(scores, device=accelerator.device)).float()
-        row = {"step": step, "env/reward_mean": all_scores.mean().item(), "env/reward_std": all_scores.std().item(),
+        row = {"step": step, "env/episodes": len(all_scores), "env/reward_mean": all_scores.mean().item(),
+               "env/reward_std": all_scores.std().item(),
                **scalar_stats(stats), "ppo/skipped_minibatches": skipped,
                "time/generate": t1 - t0, "time/score": t2 - t1, "time/ppo_step": t3 - t2}
         if torch.cuda.is_available():  # this step's peak; memory that grows from step to step is a leak
             row["memory/peak_gb"] = torch.cuda.max_memory_allocated() / 2**30
             torch.cuda.reset_peak_memory_stats()
-        bad = [k for k in ("objective/kl", "ppo/loss/total", "ppo/loss/policy", "ppo/loss/value")
+        bad = [f"{k} is {row[k]}" for k in ("objective/kl", "ppo/loss/total", "ppo/loss/policy", "ppo/loss/value")
                if not math.isfinite(row.get(k, 0.0))]
+        if not bad and not math.isfinite(torch.nn.utils.get_total_norm(trainable).item()):
+            bad = ["the policy's weights are no longer finite"]  # the next generate() would sample from NaN
         if bad:
             last = list_checkpoints(args.output_dir)
-            raise RunError(f"step {step}: {bad[0]} is {row[bad[0]]}; training diverged (lower learning_rate, "
+            raise RunError(f"step {step}: {bad[0]}; training diverged (lower learning_rate, "
                            f"or set score_clip / use_score_scaling); last good checkpoint: "
                            f"{last[-1] if last else 'none'}", code=1)
         if config.log_with:
@@ -381,13 +384,13 @@ def main(argv: list[str]) -> None:
                 print_table(f"samples at step {step}", ["prompt", "response", "reward"], batch["query"],
                             response_texts, scores)
 
-        if stop_signal:
+        if phase.stop_signal:  # the same decision on every process, so all checkpoint this step together
             path = checkpoint_now(step)
             resume = " ".join(["python", sys.argv[0], *[a for a in argv if a != "--overwrite_output_dir"]])
             if "--resume_from_checkpoint" not in argv:
                 resume += " --resume_from_checkpoint latest"
-            raise RunError(f"stopped by {signal.Signals(stop_signal[0]).name} after step {step}; checkpoint "
-                           f"saved to {path}; resume with: {resume}", code=128 + stop_signal[0])
+            raise RunError(f"stopped by {signal.Signals(phase.stop_signal).name} after step {step}; checkpoint "
+                           f"saved to {path}; resume with: {resume}", code=128 + phase.stop_signal)
         if step % args.save_every == 0 or step == config.steps:
             checkpoint_now(step)
     progress.close()
@@ -402,14 +405,16 @@ def main(argv: list[str]) -> None:
 
     # ---- Evaluate: reference vs tuned policy on held-out prompts, same sampling and seed; draw the curves
     if state.is_main_process:
-        if args.eval_file:
-            prompts = [line.strip() for line in Path(args.eval_file).read_text().splitlines() if line.strip()]
-            report = evaluate(trainer, tokenizer, prompts, reward_fn, args.reward_kwargs, generation_kwargs,
-                              args.generation_batch_size, config.seed)
+        if eval_prompts:
+            prompts = eval_prompts
+            scorers = {args.reward_fn: reward_fn} | judges
+            report = evaluate(trainer, tokenizer, prompts, scorers, args.reward_kwargs, generation_kwargs,
+                              (args.response_min_tokens, args.response_max_tokens), args.generation_batch_size,
+                              config.seed)
             print_table("held-out prompts: reference (before) vs tuned policy (after)",
                         ["prompt", "before", "reward", "after", "reward"], prompts,
-                        report["before"]["responses"], report["before"]["rewards"],
-                        report["after"]["responses"], report["after"]["rewards"], n=8)
+                        report["before"]["responses"], report["before"][args.reward_fn]["scores"],
+                        report["after"]["responses"], report["after"][args.reward_fn]["scores"], n=8)
             print(write_eval_report(report, output_dir), file=sys.stderr)
         print(f"training curves: {plot_run(output_dir)}", file=sys.stderr)
         if args.use_peft and args.save_merged:  # last: merging folds the adapters into the base weights
@@ -422,5 +427,6 @@ if __name__ == "__main__":
     try:
         main(sys.argv[1:])
     except RunError as e:
-        print(f"error: {e}", file=sys.stderr)
+        if int(os.environ.get("RANK", "0")) == 0:  # every process has the same error (errors.together): say it once
+            print(f"error: {e}", file=sys.stderr)
         sys.exit(e.code)

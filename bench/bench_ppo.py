@@ -34,7 +34,8 @@ from trl.core import LengthSampler  # noqa: E402
 import reward  # noqa: E402
 import train_ppo  # noqa: E402
 from local_models import build_classifier, build_policy, write_dataset  # noqa: E402
-from ppo_utils import batch_indices, read_metrics  # noqa: E402
+from data import batch_indices  # noqa: E402
+from metrics import read_metrics  # noqa: E402
 
 SETTINGS = {"batch_size": 128, "mini_batch_size": 128, "ppo_epochs": 4, "learning_rate": 1.41e-5, "seed": 0,
             "prompt_min_tokens": 2, "prompt_max_tokens": 8, "response_min_tokens": 4, "response_max_tokens": 16}

@@ -44,3 +44,26 @@ def run_script(*args, timeout=300, **kwargs) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     return subprocess.run([sys.executable, str(ROOT / "train_ppo.py"), *map(str, args)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(n: int, *args, env: dict | None = None) -> list[subprocess.Popen]:
+    """python train_ppo.py ARGS as n processes of one CPU run, started the way torchrun starts them (RANK,
+    WORLD_SIZE, MASTER_ADDR/PORT), so each process's exit code and stderr can be read on its own."""
+    port = free_port()
+    procs = []
+    for rank in range(n):
+        process_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
+                       "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "RANK": str(rank), "LOCAL_RANK": str(rank),
+                       "WORLD_SIZE": str(n), "LOCAL_WORLD_SIZE": str(n), "MASTER_ADDR": "127.0.0.1",
+                       "MASTER_PORT": str(port), **(env or {})}
+        procs.append(subprocess.Popen([sys.executable, str(ROOT / "train_ppo.py"), *map(str, args)], cwd=ROOT,
+                                      env=process_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    return procs

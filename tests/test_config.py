@@ -1,17 +1,15 @@
 """Settings: defaults < YAML < command line, unknown keys and bad values rejected in one sentence."""
 
 import pytest
-from trl import PPOConfig
 from trl.commands.cli_utils import TrlParser
 
-from ppo_utils import RunError, check_types, parse_config
-from train_ppo import ScriptArguments
+from errors import RunError
+from train_ppo import CheckedPPOConfig, ScriptArguments
+from validation import parse_config
 
 
 def parse(*argv):
-    args, config = parse_config(TrlParser((ScriptArguments, PPOConfig)), [str(a) for a in argv])
-    check_types(args, config)
-    return args, config
+    return parse_config(TrlParser((ScriptArguments, CheckedPPOConfig)), [str(a) for a in argv])
 
 
 def test_defaults_yaml_cli_precedence(tmp_path):

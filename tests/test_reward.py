@@ -5,7 +5,8 @@ import math
 import pytest
 
 import reward
-from ppo_utils import RunError, compute_rewards, load_reward_fn
+from reward_contract import compute_rewards, load_reward_fn
+from errors import RunError
 
 POSITIVE = "What a wonderful, beautiful and moving film. I loved every minute!"
 NEGATIVE = "A terrible, boring and ugly mess. I hated every minute."
@@ -59,7 +60,7 @@ def test_load_reward_fn_errors(spec, message):
 
 
 def test_unknown_reward_lists_the_available_ones():
-    with pytest.raises(RunError, match=r"available: \['keyword', 'sentiment_classifier', 'vader'\]$"):
+    with pytest.raises(RunError, match=r"available: \['keyword', 'sentiment_classifier', 'sentiment_positive', 'vader'\]$"):
         load_reward_fn("no_such_reward")
 
 

@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import AutoModelForCausalLMWithValueHead
 
 from conftest import run_script
-from ppo_utils import read_metrics
+from metrics import read_metrics
 
 BAD_REWARDS = '''
 def one_too_few(prompts, responses, **kwargs):
@@ -23,7 +23,8 @@ def nan_at_3(prompts, responses, **kwargs):
 def test_end_to_end_outputs(tiny_config, tmp_path):
     held_out = tmp_path / "held_out.txt"
     held_out.write_text("The film was\nThis movie is\nThe plot felt\n")
-    config = tiny_config(steps=3, eval_file=str(held_out))
+    config = tiny_config(steps=3, eval_file=str(held_out), eval_reward_fns=["sentiment_positive", "vader"],
+                         response_min_tokens=3, response_max_tokens=9)
     result = run_script("--config", config, "--learning_rate", "1e-4")
     assert result.returncode == 0, result.stderr
     out = tmp_path / "run"
@@ -54,12 +55,20 @@ def test_end_to_end_outputs(tiny_config, tmp_path):
     # evaluation on the held-out prompts: before/after rewards, KL, a sample table; and the training curves
     report = json.loads((out / "eval.json").read_text())
     assert report["prompts"] == ["The film was", "This movie is", "The plot felt"]
+    assert report["scorers"] == ["sentiment_classifier", "sentiment_positive", "vader"]
+    assert report["response_tokens"] == [3, 9]  # the training lengths, so the KL is the training KL's estimator
     for name in ("before", "after"):
-        assert len(report[name]["responses"]) == len(report[name]["rewards"]) == 3
-        assert report[name]["mean"] == pytest.approx(sum(report[name]["rewards"]) / 3)
+        assert len(report[name]["responses"]) == 3
+        for scorer in report["scorers"]:
+            scores = report[name][scorer]["scores"]
+            assert len(scores) == 3 and report[name][scorer]["mean"] == pytest.approx(sum(scores) / 3)
+        assert set(report[name]["sentiment_positive"]["scores"]) <= {0.0, 1.0}
+        assert all(-1 <= v <= 1 for v in report[name]["vader"]["scores"])
     assert report["kl"] == pytest.approx(report["kl"]) and abs(report["kl"]) < 50
-    assert "| The film was |" in (out / "eval.md").read_text()
-    assert "held-out reward: mean" in result.stderr
+    eval_md = (out / "eval.md").read_text()
+    assert "| The film was |" in eval_md and "| vader (judge) |" in eval_md
+    assert "held-out sentiment_classifier: mean" in result.stderr and "judge vader:" in result.stderr
+    assert "responses of 3-9 tokens as in training" in result.stderr
     png = out / "training_curves.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     png.unlink()
@@ -93,28 +102,6 @@ def test_policy_learns_keyword_reward(tiny_config, tmp_path, seed):
     first, last = sum(rewards[:4]) / 4, sum(rewards[-4:]) / 4
     print(f"seed {seed}: mean keyword reward, first 4 steps {first:.3f} -> last 4 steps {last:.3f}")
     assert last > first + 0.4
-
-
-def test_two_processes_with_accelerate(tiny_config, tmp_path):
-    """accelerate launch --cpu --num_processes 2: each process takes its half of the global batch; the main
-    process alone writes the files."""
-    import os
-    import subprocess
-    import sys
-
-    from conftest import ROOT
-
-    config = tiny_config(reward_fn="vader", batch_size=8, mini_batch_size=4, steps=3, save_every=2)
-    result = subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
-         "--mixed_precision", "no", "--dynamo_backend", "no", str(ROOT / "train_ppo.py"), "--config", str(config)],
-        cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    out = tmp_path / "run"
-    assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [1, 2, 3]
-    assert result.stderr.count("saved the tuned policy") == 1
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000002", "step-000003"]
-    assert AutoModelForCausalLM.from_pretrained(out).config.n_layer == 2
 
 
 def test_lora_run_trains_few_parameters_and_merges(tiny_config, tmp_path):

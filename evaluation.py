@@ -1,0 +1,84 @@
+"""Evaluation: the reference and the tuned policy on held-out prompts, same sampling settings, lengths and seed.
+
+The training reward is reported next to judges: scorers the policy never trained on (`eval_reward_fns`). A training
+reward that rises while a judge does not is the signature of reward hacking, and the report says so.
+"""
+
+import json
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+from reward_contract import compute_rewards
+
+
+def evaluate(trainer, tokenizer, prompts: list[str], scorers: dict, reward_kwargs: dict, generation_kwargs: dict,
+             response_lengths: tuple[int, int], batch_size: int, seed: int) -> dict:
+    """Scores before (reference) and after (tuned policy), and KL(policy || reference) on the policy's samples.
+
+    `scorers` maps a name to a reward function; the first is the training reward. Each response is cut to a length
+    drawn from `response_lengths` (inclusive), the same lengths before and after, so the KL here is the estimator
+    and the length distribution of the training KL (`objective/kl`)."""
+    unwrap = trainer.accelerator.unwrap_model
+    policy = unwrap(trainer.model)
+    # with LoRA the reference is the policy with its adapters disabled (TRL's optional_peft_ctx)
+    reference = policy if trainer.is_peft_model else unwrap(trainer.ref_model)
+    as_reference = trainer.optional_peft_ctx
+    device = trainer.accelerator.device
+    queries = [torch.tensor(ids, device=device) for ids in tokenizer(prompts)["input_ids"]]
+    low, high = response_lengths
+    lengths = torch.randint(low, high + 1, (len(prompts),), generator=torch.Generator().manual_seed(seed)).tolist()
+    report, samples = {"prompts": prompts, "scorers": list(scorers), "response_tokens": [low, high]}, {}
+    for name, model, context in [("before", reference, as_reference), ("after", policy, nullcontext)]:
+        torch.manual_seed(seed)
+        with context():
+            generated = trainer._generate_batched(model, queries, batch_size=batch_size, return_prompt=False,
+                                                  **generation_kwargs | {"max_new_tokens": high})
+        samples[name] = [r[:n] for r, n in zip(generated, lengths)]
+        texts = tokenizer.batch_decode(samples[name], skip_special_tokens=True)
+        report[name] = {"responses": texts}
+        for scorer, fn in scorers.items():
+            scores = torch.tensor(compute_rewards(fn, prompts, texts, reward_kwargs))
+            report[name][scorer] = {"scores": scores.tolist(), "mean": scores.mean().item(),
+                                    "median": scores.median().item()}
+    # TRL's KL estimator, as in objective/kl, on the tuned policy's samples: sum of log pi - log pi_ref per response
+    responses = samples["after"]
+    inputs = trainer.prepare_model_inputs(queries, responses)
+    with torch.no_grad():
+        logprobs, _, _, masks = trainer.batched_forward_pass(policy, queries, responses, inputs)
+        with as_reference():
+            ref_logprobs, *_ = trainer.batched_forward_pass(reference, queries, responses, inputs)
+    report["kl"] = ((logprobs - ref_logprobs) * masks).sum(1).mean().item()
+    return report
+
+
+def write_eval_report(report: dict, output_dir, n_samples: int = 10) -> str:
+    """eval.json (all samples) and eval.md (summary, per-scorer table, samples); returns the summary."""
+    before, after = report["before"], report["after"]
+    reward, *judges = report["scorers"]
+    low, high = report["response_tokens"]
+    delta = {s: after[s]["mean"] - before[s]["mean"] for s in report["scorers"]}
+    summary = (f"held-out {reward}: mean {before[reward]['mean']:+.3f} -> {after[reward]['mean']:+.3f}, "
+               f"median {before[reward]['median']:+.3f} -> {after[reward]['median']:+.3f}"
+               + "".join(f"; judge {j}: {before[j]['mean']:+.3f} -> {after[j]['mean']:+.3f}" for j in judges)
+               + f"; KL(policy || reference) {report['kl']:.2f} nats on {len(report['prompts'])} prompts, "
+               f"responses of {low}-{high} tokens as in training")
+    hacked = [j for j in judges if delta[reward] > 0 and delta[j] <= 0]
+    if hacked:
+        summary += (f"\nwarning: the training reward rose ({delta[reward]:+.3f}) but the judge(s) {hacked} did not: "
+                    "the policy may be exploiting the reward function (reward hacking); read the samples")
+    report["reward_hacking_suspected"] = bool(hacked)
+    table = "".join(f"| {s}{' (training reward)' if s == reward else ' (judge)'} | {before[s]['mean']:+.3f} | "
+                    f"{after[s]['mean']:+.3f} | {delta[s]:+.3f} | {before[s]['median']:+.3f} | "
+                    f"{after[s]['median']:+.3f} |\n" for s in report["scorers"])
+    rows = [f"| {p} | {b} | {before_r:+.3f} | {a} | {after_r:+.3f} |".replace("\n", " ")
+            for p, b, before_r, a, after_r in list(zip(report["prompts"], before["responses"],
+                                                        before[reward]["scores"], after["responses"],
+                                                        after[reward]["scores"]))[:n_samples]]
+    Path(output_dir, "eval.md").write_text(
+        f"# Evaluation on held-out prompts\n\n{summary}\n\n"
+        "| scorer | mean before | mean after | change | median before | median after |\n|---|---|---|---|---|---|\n"
+        f"{table}\n| prompt | before | {reward} | after | {reward} |\n|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
+    Path(output_dir, "eval.json").write_text(json.dumps(report, indent=1))
+    return summary

@@ -1,0 +1,103 @@
+"""Two processes of one CPU run (gloo): the global batch is split, the main process alone writes, and an error or a
+stop signal on one process ends both at the same step."""
+
+import signal
+import time
+
+from transformers import AutoModelForCausalLM
+
+from checkpoints import list_checkpoints
+from conftest import launch
+from metrics import read_metrics
+
+# Each process records its pid; `fails_on_rank_1` raises on rank 1's second batch only (its own slice of step 2).
+REWARDS = '''
+import os
+from pathlib import Path
+
+def _call(out):
+    rank = os.environ["RANK"]
+    Path(out, f"pid-{rank}").write_text(str(os.getpid()))
+    calls = Path(out, f"calls-{rank}")
+    n = int(calls.read_text()) + 1 if calls.exists() else 1
+    calls.write_text(str(n))
+    return rank, n
+
+def words(prompts, responses, out="", **kwargs):
+    _call(out)
+    return [float(len(r.split())) for r in responses]
+
+def fails_on_rank_1(prompts, responses, out="", **kwargs):
+    rank, n = _call(out)
+    if rank == "1" and n == 2:
+        raise ValueError("rank 1 cannot score this")
+    return [float(len(r.split())) for r in responses]
+'''
+
+
+def run_two(config, *argv, on_start=None, timeout=240):
+    procs = launch(2, "--config", config, *argv)
+    if on_start:
+        on_start(procs)
+    outputs = [p.communicate(timeout=timeout) for p in procs]
+    return [p.returncode for p in procs], [err for _, err in outputs]
+
+
+def test_two_processes_split_the_batch_and_one_writes(tiny_config, tmp_path):
+    (tmp_path / "rewards.py").write_text(REWARDS)
+    config = tiny_config(reward_fn=f"{tmp_path / 'rewards.py'}:words", reward_kwargs={"out": str(tmp_path)},
+                         batch_size=8, mini_batch_size=4, steps=3, save_every=2)
+    codes, stderr = run_two(config)
+    assert codes == [0, 0], stderr
+    out = tmp_path / "run"
+    rows = read_metrics(out / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert all(r["env/episodes"] == 16 for r in rows)  # 8 per process, gathered from both
+    assert (tmp_path / "calls-0").read_text() == (tmp_path / "calls-1").read_text() == "3"
+    assert stderr[0].count("saved the tuned policy") == 1 and "saved the tuned policy" not in stderr[1]
+    assert [p.name for p in list_checkpoints(out)] == ["step-000002", "step-000003"]
+    assert AutoModelForCausalLM.from_pretrained(out).config.n_layer == 2
+
+
+def test_an_error_on_one_process_ends_both_with_one_line(tiny_config, tmp_path):
+    (tmp_path / "rewards.py").write_text(REWARDS)
+    config = tiny_config(reward_fn=f"{tmp_path / 'rewards.py'}:fails_on_rank_1", reward_kwargs={"out": str(tmp_path)},
+                         batch_size=8, mini_batch_size=4, steps=4, save_every=1)
+    start = time.time()
+    codes, stderr = run_two(config, timeout=120)
+    assert codes == [2, 2], stderr
+    assert time.time() - start < 120
+    lines = [line for err in stderr for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and stderr[0].strip().splitlines()[-1] == lines[0]  # said once, by the main process
+    assert lines[0].startswith("error: reward function 'fails_on_rank_1' raised ValueError: rank 1 cannot score this")
+    assert not any("Traceback" in err for err in stderr)
+    out = tmp_path / "run"
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [1]
+    assert [p.name for p in list_checkpoints(out)] == ["step-000001"]
+
+
+def test_sigterm_to_one_process_checkpoints_once_and_both_stop(tiny_config, tmp_path):
+    (tmp_path / "rewards.py").write_text(REWARDS)
+    config = tiny_config(reward_fn=f"{tmp_path / 'rewards.py'}:words", reward_kwargs={"out": str(tmp_path)},
+                         batch_size=8, mini_batch_size=4, steps=40, save_every=100)
+    out = tmp_path / "run"
+
+    def terminate_rank_1(procs):
+        deadline = time.time() + 120
+        while not read_metrics(out / "metrics.jsonl") and time.time() < deadline:
+            time.sleep(0.05)
+        procs[1].send_signal(signal.SIGTERM)
+
+    codes, stderr = run_two(config, on_start=terminate_rank_1)
+    assert codes == [128 + signal.SIGTERM] * 2, stderr
+    step = max(r["step"] for r in read_metrics(out / "metrics.jsonl"))
+    assert step < 40
+    last = stderr[0].strip().splitlines()[-1]
+    assert last.startswith(f"error: stopped by SIGTERM after step {step}; checkpoint saved to "
+                           f"{out}/checkpoints/step-{step:06d}; resume with: ")
+    assert not any(line.startswith("error:") for line in stderr[1].splitlines())
+    assert [p.name for p in list_checkpoints(out)] == [f"step-{step:06d}"]
+
+    codes, stderr = run_two(config, "--steps", str(step + 2), "--resume_from_checkpoint", "latest")
+    assert codes == [0, 0], stderr
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == list(range(1, step + 3))

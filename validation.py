@@ -1,0 +1,172 @@
+"""Settings: TRL's parser, with its errors turned into one sentence that names the setting."""
+
+import argparse
+import dataclasses
+import difflib
+import json
+import os
+import re
+import sys
+import typing
+from pathlib import Path
+
+import yaml
+
+from errors import RunError
+
+
+class JsonDict(dict):
+    """A dict setting: a mapping in YAML, or a JSON object on the command line (`--reward_kwargs '{"a": 1}'`)."""
+
+    def __init__(self, value=()):
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as e:
+                raise argparse.ArgumentTypeError(f"not a JSON object: {e}") from None
+            if not isinstance(value, dict):
+                raise argparse.ArgumentTypeError(f"not a JSON object: {value!r}")
+        super().__init__(value)
+
+
+# Allowed values, declared once for every numeric setting the script uses, in interval notation. Checked while the
+# settings are parsed (ScriptArguments and CheckedPPOConfig call check_values), before anything is loaded or written.
+RANGES = {
+    # ScriptArguments
+    "lora_r": "[1, inf)", "lora_alpha": "(0, inf)", "lora_dropout": "[0, 1)", "min_text_length": "[0, inf)",
+    "prompt_min_tokens": "[1, inf)", "prompt_max_tokens": "[1, inf)", "response_min_tokens": "[1, inf)",
+    "response_max_tokens": "[1, inf)", "generation_batch_size": "[1, inf)", "top_k": "[0, inf)", "top_p": "(0, 1]",
+    "temperature": "(0, inf)", "min_length": "[-1, inf)", "save_every": "[1, inf)", "keep_last": "[1, inf)",
+    "sample_every": "[0, inf)",
+    # trl.PPOConfig
+    "seed": "[0, 4294967295]", "steps": "[1, inf)", "learning_rate": "(0, inf)", "init_kl_coef": "[0, inf)",
+    "target": "(0, inf)", "horizon": "(0, inf)", "gamma": "[0, 1]", "lam": "[0, 1]", "cliprange": "(0, inf)",
+    "cliprange_value": "(0, inf)", "vf_coef": "[0, inf)", "batch_size": "[1, inf)", "mini_batch_size": "[1, inf)",
+    "gradient_accumulation_steps": "[1, inf)", "ppo_epochs": "[1, inf)", "max_grad_norm": "(0, inf)",
+    "target_kl": "(0, inf)", "ratio_threshold": "(0, inf)", "score_clip": "(0, inf)",
+}
+# trl.PPOConfig fields this script does not read, with what to set instead. They are rejected when given, and
+# model_name / query_dataset / reward_model are filled in from the run's own settings for the trackers.
+UNUSED_PPO_FIELDS = {
+    "model_name": "model_name_or_path", "query_dataset": "dataset_name", "reward_model": "reward_fn",
+    "task_name": "exp_name", "forward_batch_size": "mini_batch_size", "optimize_cuda_cache": "optimize_device_cache",
+    "remove_unused_columns": None, "dataset_num_proc": None, "push_to_hub_if_best_kwargs": None, "compare_steps": None,
+}
+
+
+def in_range(value, interval: str) -> bool:
+    low, high = (float(x) for x in interval[1:-1].split(","))
+    return (low <= value if interval[0] == "[" else low < value) and (value <= high if interval[-1] == "]"
+                                                                     else value < high)
+
+
+def check_values(obj) -> None:
+    """Types, then RANGES, then unused PPOConfig fields, for one settings dataclass; RunError names the setting."""
+    check_types(obj)
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if f.name in RANGES and value is not None and not in_range(value, RANGES[f.name]):
+            default = f.default if f.default is not dataclasses.MISSING else None
+            raise RunError(f"setting '{f.name}' must be in {RANGES[f.name]}, got {value!r}; set it within that "
+                           f"range (default: {default!r})")
+        if f.name in UNUSED_PPO_FIELDS and f.default is not dataclasses.MISSING and value != f.default:
+            instead = UNUSED_PPO_FIELDS[f.name]
+            raise RunError(f"setting '{f.name}' is a PPOConfig field this script does not use: "
+                           + (f"set '{instead}' instead" if instead else "remove it"))
+    for low, high in [("prompt_min_tokens", "prompt_max_tokens"), ("response_min_tokens", "response_max_tokens")]:
+        if hasattr(obj, low) and getattr(obj, low) > getattr(obj, high):
+            raise RunError(f"need {low} <= {high}, got {getattr(obj, low)} and {getattr(obj, high)}; "
+                           f"raise {high} or lower {low}")
+
+
+def parse_config(parser, argv: list[str]):
+    """Run TrlParser over argv (defaults < --config YAML < command line). Raises RunError on bad input."""
+    known = sorted(action.dest for action in parser._actions)
+
+    def unknown(message: str) -> RunError:
+        # TRL/HfArgumentParser list the unused keys or words, quoted: take the first one
+        name = re.search(r"'([^']+)'", message).group(1).lstrip("-").split("=")[0].replace("-", "_")
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f"did you mean '{close[0]}'?" if close else "see `python train_ppo.py --help` for the settings"
+        return RunError(f"unknown setting '{name}': {hint}")
+
+    def error(message):  # argparse's own errors (bad type, missing value): one line, not the 80-line usage
+        raise RunError(f"{message}; see `python train_ppo.py --help`")
+
+    parser.error = error
+    parser.allow_abbrev = False  # --save_ev is a typo, not save_every
+    for action in parser._actions:  # dict settings (tracker_kwargs, ...) take JSON on the command line
+        if action.type is dict:
+            action.type = JsonDict
+    argv = [part for a in argv for part in (a.split("=", 1) if a.startswith("--config=") else [a])]
+    if "--config" in argv:
+        path = argv[argv.index("--config") + 1] if argv.index("--config") + 1 < len(argv) else ""
+        read_config_file(path)
+    saved_argv, sys.argv = sys.argv, [sys.argv[0], *argv]
+    try:
+        return parser.parse_args_and_config()
+    except ValueError as e:
+        text = str(e)
+        if text.startswith("Some specified"):  # unused YAML keys or command-line words
+            raise unknown(text) from None
+        if "must be a multiple of" in text:  # PPOConfig's exact_div check
+            raise RunError(
+                f"batch_size must be a multiple of mini_batch_size * gradient_accumulation_steps (got "
+                f"{text.split('division: ')[1]}); change one of them so the division is exact") from None
+        raise RunError(f"invalid setting: {text.splitlines()[0]}") from None
+    except ImportError as e:  # PPOConfig checks that log_with's package is installed
+        raise RunError(f"log_with: {e}") from None
+    finally:
+        sys.argv = saved_argv
+
+
+def read_config_file(path: str) -> dict:
+    """The --config file as TRL's parser will read it, checked first: an existing, UTF-8, YAML mapping."""
+    if not os.path.isfile(path):
+        raise RunError(f"config file '{path}' not found: pass an existing YAML file to --config")
+    try:
+        settings = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise RunError(f"config file '{path}' is not UTF-8 text ({e.reason} at byte {e.start}): save it as UTF-8"
+                       ) from None
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise RunError(f"config file '{path}' is not valid YAML{at}: {problem}; write one `setting: value` per line"
+                       ) from None
+    if settings is None:
+        raise RunError(f"config file '{path}' is empty: write one `setting: value` per line, or leave out --config")
+    if not isinstance(settings, dict):
+        raise RunError(f"config file '{path}' must be a mapping of `setting: value` lines, got a "
+                       f"{type(settings).__name__}")
+    if "env" in settings and not isinstance(settings["env"], dict):
+        raise RunError(f"config file '{path}': 'env' must be a mapping of environment variables")
+    return settings
+
+
+def check_types(*dataclass_objects) -> None:
+    """YAML values skip argparse's type conversion: check each setting has its declared type."""
+    for obj in dataclass_objects:
+        for f in dataclasses.fields(obj):
+            value, kind = getattr(obj, f.name), f.type  # HfArgumentParser has already unwrapped Optional[X]
+            if value is None and f.default is None:
+                continue
+            if f.default_factory is not dataclasses.MISSING and isinstance(f.default_factory(), dict):
+                if not isinstance(value, dict):
+                    raise RunError(f"setting '{f.name}' must be a mapping (YAML) or a JSON object (command line), "
+                                   f"got {value!r}")
+            elif typing.get_origin(kind) is list:
+                if isinstance(value, str):
+                    setattr(obj, f.name, value := [value])
+                if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                    raise RunError(f"setting '{f.name}' must be a list of names, got {value!r}")
+            elif typing.get_origin(kind) is typing.Literal:
+                if value not in typing.get_args(kind):
+                    raise RunError(f"setting '{f.name}' must be one of {list(typing.get_args(kind))}, got {value!r}")
+            elif kind is float and isinstance(value, int) and not isinstance(value, bool):
+                setattr(obj, f.name, float(value))
+            elif kind in (int, float, str, bool) and not (
+                isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
+            ):
+                raise RunError(f"setting '{f.name}' must be a {kind.__name__}, got {value!r}")
