@@ -1,8 +1,12 @@
-"""The offline default job's pieces: the shipped prompt files and the SmolLM2 GGUF-to-directory conversion."""
+"""The offline jobs' pieces: the shipped prompt files, the SmolLM2 GGUF conversion, the Rotten Tomatoes snippets and
+the MiniLM sentiment classifier built from PyPI packages, and the canonical-shape config."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,3 +59,67 @@ def test_gguf_conversion(tmp_path):
     assert text.startswith("The movie was") and len(text) > len("The movie was ")
     again = subprocess.run(script, check=True, capture_output=True, text=True)
     assert again.stdout.strip() == f"{out} is ready"  # idempotent
+
+
+@pytest.fixture(scope="module")
+def snippets(tmp_path_factory):
+    """tools/fetch_rt_snippets.py on the real vaderSentiment sdist from PyPI."""
+    out = tmp_path_factory.mktemp("rt") / "rt_snippets"
+    script = [sys.executable, str(ROOT / "tools" / "fetch_rt_snippets.py"), "--out", str(out)]
+    subprocess.run(script, check=True, capture_output=True, text=True, timeout=300)
+    again = subprocess.run(script, check=True, capture_output=True, text=True)
+    assert again.stdout.strip() == f"{out} is ready"  # idempotent
+    return out
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_snippet_split(snippets):
+    train, heldout = read_jsonl(snippets / "train.jsonl"), read_jsonl(snippets / "heldout.jsonl")
+    assert len(heldout) == 1000 and 9500 < len(train) + len(heldout) <= 10605  # 10,605 snippets, duplicates merged
+    assert not {r["text"] for r in train} & {r["text"] for r in heldout}
+    assert all(-4 <= r["rating"] <= 4 and r["text"] for r in train + heldout)
+    assert 0.4 < sum(r["rating"] > 0 for r in train) / len(train) < 0.6  # Pang & Lee: balanced
+    prompts = (snippets / "heldout_prompts.txt").read_text().splitlines()
+    assert len(prompts) == 256 and all(len(p.split()) <= 4 for p in prompts)
+    held_starts = {" ".join(r["text"].split()[:4]) for r in heldout}
+    assert set(prompts) <= held_starts
+
+
+def test_reward_model_tool_on_a_tiny_subset(snippets, tmp_path):
+    """tools/train_sentiment.py end to end (the real MiniLM wheel, Trainer), a few steps on a few dozen snippets:
+    the directory loads in reward.sentiment_classifier unchanged and has a model card."""
+    import reward
+
+    out = tmp_path / "sentiment"
+    subprocess.run([sys.executable, str(ROOT / "tools" / "train_sentiment.py"), "--data", str(snippets), "--out",
+                    str(out), "--max_examples", "64", "--max_steps", "16", "--batch_size", "8", "--learning_rate",
+                    "3e-4"], check=True, capture_output=True, text=True, timeout=600)
+    config = json.loads((out / "config.json").read_text())
+    assert config["id2label"] == {"0": "NEGATIVE", "1": "POSITIVE"}
+    card = (out / "README.md").read_text()
+    assert "all-MiniLM-L6-v2" in card and "Held-out accuracy" in card and "16 steps" in card
+    good, bad = reward.sentiment_classifier(["A gorgeous, moving film", "A dull, lifeless mess"], [".", "."],
+                                            model=str(out))
+    assert good > bad
+    assert reward.sentiment_positive(["A gorgeous, moving film"], ["."], model=str(out)) in ([0.0], [1.0])
+
+
+def test_sentiment_config_runs_on_tiny_stand_ins(tiny, tmp_path):
+    """configs/smollm2_sentiment.yaml as shipped, with the tiny policy, classifier and data in place of the real ones."""
+    from conftest import run_script
+    from metrics import read_metrics
+
+    held_out = tmp_path / "heldout_prompts.txt"
+    held_out.write_text("The film was\nThis movie is\n")
+    result = run_script("--config", ROOT / "configs" / "smollm2_sentiment.yaml", "--model_name_or_path",
+                        tiny["policy"], "--dataset_name", tiny["data"], "--reward_kwargs",
+                        json.dumps({"model": tiny["classifier"], "positive_label": "POSITIVE"}), "--eval_file",
+                        held_out, "--batch_size", "8", "--mini_batch_size", "4", "--steps", "2", "--sample_every",
+                        "0", "--save_merged", "false", "--output_dir", tmp_path / "run")
+    assert result.returncode == 0, result.stderr
+    assert len(read_metrics(tmp_path / "run" / "metrics.jsonl")) == 2
+    report = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert report["scorers"] == ["sentiment_classifier", "sentiment_positive", "vader"]
