@@ -42,7 +42,7 @@ from checkpoints import find_checkpoint, list_checkpoints, load_checkpoint_state
 from data import batch_indices, fit_prompts, load_texts, read_eval_prompts
 from errors import RunError, together
 from evaluation import evaluate, write_eval_report
-from metrics import scalar_stats, truncate_metrics
+from metrics import log_to_trackers, scalar_stats, truncate_metrics
 from outputs import (check_resume_settings, clear_earlier_run, holds_earlier_run, lock_output_dir, run_settings,
                      save_run_config)
 from reward_contract import compute_rewards, load_reward_fn
@@ -281,6 +281,8 @@ def main(argv: list[str]) -> None:
     if state.is_main_process and not checkpoint:
         clear_earlier_run(args.output_dir)  # with --overwrite_output_dir; a no-op in a new directory
         save_run_config(settings, output_dir)
+    if config.log_with == "tensorboard":  # accelerate needs a directory for it: OUTPUT_DIR/logs unless given
+        config.project_kwargs = {"logging_dir": str(output_dir / "logs"), **config.project_kwargs}
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="No dataset is provided")
@@ -373,16 +375,17 @@ def main(argv: list[str]) -> None:
             raise RunError(f"step {step}: {bad[0]}; training diverged (lower learning_rate, "
                            f"or set score_clip / use_score_scaling); last good checkpoint: "
                            f"{last[-1] if last else 'none'}", code=1)
+        samples = {"prompt": batch["query"], "response": response_texts, "reward": scores} \
+            if args.sample_every and step % args.sample_every == 0 else None
         if config.log_with:
-            trainer.log_stats(stats, {"query": batch["query"], "response": response_texts}, scores)
+            log_to_trackers(accelerator, row, samples)
         if state.is_main_process:
             with metrics_path.open("a") as f:
                 f.write(json.dumps(row) + "\n")
             progress.set_postfix(reward=f"{row['env/reward_mean']:.3f}", kl=f"{row['objective/kl']:.2f}",
                                  beta=f"{trainer.kl_ctl.value:.3f}")
-            if args.sample_every and step % args.sample_every == 0:
-                print_table(f"samples at step {step}", ["prompt", "response", "reward"], batch["query"],
-                            response_texts, scores)
+            if samples:
+                print_table(f"samples at step {step}", list(samples), *samples.values())
 
         if phase.stop_signal:  # the same decision on every process, so all checkpoint this step together
             path = checkpoint_now(step)
@@ -394,6 +397,7 @@ def main(argv: list[str]) -> None:
         if step % args.save_every == 0 or step == config.steps:
             checkpoint_now(step)
     progress.close()
+    accelerator.end_training()  # closes log_with's tracker
 
     # ---- Save: the tuned policy with its value head (safetensors) and the tokenizer, loadable both ways
     accelerator.wait_for_everyone()

@@ -59,3 +59,30 @@ def test_bad_yaml(tmp_path, yaml_text, message):
     with pytest.raises(RunError) as e:
         parse("--config", cfg)
     assert str(e.value).startswith(message) and "\n" not in str(e.value)
+
+
+def test_dict_settings_take_json_and_config_takes_equals(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("steps: 7\n")
+    args, config = parse(f"--config={cfg}", "--accelerator_kwargs", '{"mixed_precision": "bf16"}',
+                         "--tracker_kwargs", '{"wandb": {"name": "x"}}', "--project_kwargs", '{"logging_dir": "l"}')
+    assert config.steps == 7
+    assert config.accelerator_kwargs == {"mixed_precision": "bf16"}
+    assert config.tracker_kwargs == {"wandb": {"name": "x"}} and config.project_kwargs == {"logging_dir": "l"}
+
+
+def test_run_config_records_what_the_run_used(tiny_config, tmp_path):
+    """run_config.yaml leaves out PPOConfig's fields this script ignores (model_name: gpt2, query_dataset: imdb, ...)
+    and is itself a valid --config."""
+    import yaml
+
+    from conftest import run_script
+
+    result = run_script("--config", tiny_config(steps=1, reward_fn="vader"))
+    assert result.returncode == 0, result.stderr
+    saved = yaml.safe_load((tmp_path / "run" / "run_config.yaml").read_text())
+    for ignored in ["model_name", "query_dataset", "reward_model", "remove_unused_columns", "forward_batch_size"]:
+        assert ignored not in saved
+    assert saved["reward_fn"] == "vader" and saved["steps"] == 1
+    args, config = parse("--config", tmp_path / "run" / "run_config.yaml")
+    assert args.model_name_or_path == saved["model_name_or_path"] and config.steps == 1

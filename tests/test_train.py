@@ -163,3 +163,23 @@ def test_llama_lora_config_on_a_tiny_llama(tiny, tmp_path):
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "merged", dtype="auto")
     assert merged.config.model_type == "llama" and merged.dtype == torch.bfloat16
     assert len(read_metrics(tmp_path / "run" / "metrics.jsonl")) == 2
+
+
+def test_tensorboard_gets_the_metrics_rows_and_continues_across_a_resume(tiny_config, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config = tiny_config(log_with="tensorboard", steps=2, sample_every=1, save_every=1)
+    result = run_script("--config", config)
+    assert result.returncode == 0, result.stderr
+    assert run_script("--config", config, "--steps", "3", "--resume_from_checkpoint", "latest").returncode == 0
+    out = tmp_path / "run"
+    events = EventAccumulator(str(out / "logs" / "trl"), size_guidance={"scalars": 0, "tensors": 0})
+    events.Reload()
+    rows = read_metrics(out / "metrics.jsonl")
+    for key in ["env/reward_mean", "objective/kl", "objective/kl_coef", "time/generate", "ppo/skipped_minibatches"]:
+        logged = events.Scalars(key)
+        assert [e.step for e in logged] == [1, 2, 3], key  # steps continue after the resume
+        assert [e.value for e in logged] == pytest.approx([r[key] for r in rows], rel=1e-5), key
+    texts = events.Tensors("samples/text_summary")
+    assert [e.step for e in texts] == [1, 2, 3]
+    assert b"| prompt | response | reward |" in texts[0].tensor_proto.string_val[0]
