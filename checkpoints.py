@@ -1,6 +1,7 @@
-"""Checkpoints: written to a temporary name and renamed, so a directory named step-N is always complete."""
+"""Checkpoints: OUTPUT_DIR/checkpoint-N, written to a temporary name and renamed, so a directory named\ncheckpoint-N is always complete."""
 
 import json
+import os
 import random
 import re
 import shutil
@@ -9,41 +10,46 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
+from transformers.trainer_utils import get_last_checkpoint
 
 from errors import RunError
 
 
-STEP_DIR = re.compile(r"^step-(\d+)$")
+CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")  # transformers' Trainer convention: OUTPUT_DIR/checkpoint-N
 
 
 def list_checkpoints(output_dir: str) -> list[Path]:
-    root = Path(output_dir, "checkpoints")
-    found = [p for p in root.iterdir() if STEP_DIR.match(p.name) and (p / "trainer_state.json").is_file()] \
+    """Complete checkpoints (trainer_state.json, written last, is there), oldest first."""
+    root = Path(output_dir)
+    found = [p for p in root.iterdir() if CHECKPOINT_DIR.match(p.name) and (p / "trainer_state.json").is_file()] \
         if root.is_dir() else []
-    return sorted(found, key=lambda p: int(STEP_DIR.match(p.name).group(1)))
+    return sorted(found, key=lambda p: int(CHECKPOINT_DIR.match(p.name).group(1)))
 
 
 def find_checkpoint(output_dir: str, spec: str) -> Path:
-    """`latest` (the newest complete checkpoint in output_dir) or a checkpoint directory."""
-    if spec == "latest":
-        found = list_checkpoints(output_dir)
-        if not found:
-            raise RunError(f"resume_from_checkpoint=latest: no checkpoint in '{output_dir}/checkpoints'; "
-                           "check output_dir or start without --resume_from_checkpoint")
-        return found[-1]
+    """`latest`/`true`: the newest checkpoint in output_dir (transformers' get_last_checkpoint; one a kill left
+    incomplete is passed over); anything else: a checkpoint directory."""
+    if spec.lower() in ("latest", "true"):
+        last = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+        if last and not Path(last, "trainer_state.json").is_file():
+            complete = list_checkpoints(output_dir)
+            last = complete[-1] if complete else None
+        if not last:
+            raise RunError(f"resume_from_checkpoint={spec}: no checkpoint-N in '{output_dir}'; check output_dir or "
+                           "start without --resume_from_checkpoint")
+        return Path(last)
     path = Path(spec)
     if not (path / "trainer_state.json").is_file():
         raise RunError(f"resume_from_checkpoint '{spec}' is not a checkpoint directory (no trainer_state.json); "
-                       "pass 'latest' or a directory under OUTPUT_DIR/checkpoints")
+                       "pass 'latest' or an OUTPUT_DIR/checkpoint-N directory")
     return path
 
 
-def save_checkpoint(output_dir: str, step: int, model, tokenizer, optimizer, kl_coef: float, keep_last: int,
+def save_checkpoint(output_dir: str, step: int, model, tokenizer, optimizer, kl_coef: float, save_total_limit: int,
                     settings: dict) -> Path:
     """Policy + value head, optimizer, KL coefficient, step, RNG states and the run's settings (run_config.yaml).
-    Keeps the newest `keep_last`."""
-    root = Path(output_dir, "checkpoints")
-    final, tmp = root / f"step-{step:06d}", root / f"step-{step:06d}.tmp"
+    Keeps the newest `save_total_limit`."""
+    final, tmp = Path(output_dir, f"checkpoint-{step}"), Path(output_dir, f"checkpoint-{step}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     model.save_pretrained(tmp, safe_serialization=True)
@@ -58,7 +64,7 @@ def save_checkpoint(output_dir: str, step: int, model, tokenizer, optimizer, kl_
     (tmp / "trainer_state.json").write_text(json.dumps(state))  # written last: its presence marks completeness
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
-    for old in list_checkpoints(output_dir)[:-keep_last]:
+    for old in list_checkpoints(output_dir)[:-save_total_limit]:
         shutil.rmtree(old)
     return final
 

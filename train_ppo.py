@@ -20,7 +20,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Optional
 
 warnings.filterwarnings("ignore", category=FutureWarning)  # TRL 0.11 marks PPOConfig/PPOTrainer deprecated
 
@@ -32,7 +32,7 @@ from datasets import disable_progress_bars
 from tqdm import tqdm
 from transformers import AutoConfig, AutoTokenizer
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-from trl import AutoModelForCausalLMWithValueHead, PPOConfig, PPOTrainer, set_seed
+from trl import AutoModelForCausalLMWithValueHead, ModelConfig, PPOConfig, PPOTrainer, get_peft_config, set_seed
 from trl.commands.cli_utils import TrlParser
 from trl.core import LengthSampler
 from trl.trainer.utils import disable_dropout_in_model
@@ -43,30 +43,19 @@ from data import batch_indices, fit_prompts, load_texts, read_eval_prompts
 from errors import RunError, together
 from evaluation import evaluate, write_eval_report
 from metrics import log_to_trackers, scalar_stats, truncate_metrics
-from outputs import (check_resume_settings, clear_earlier_run, holds_earlier_run, lock_output_dir, run_settings,
-                     save_run_config)
+from outputs import (check_hub, check_resume_settings, clear_earlier_run, holds_earlier_run, lock_output_dir,
+                     push_to_hub, run_settings, save_run_config, write_model_card)
 from reward_contract import compute_rewards, load_reward_fn
-from validation import UNUSED_PPO_FIELDS, JsonDict, check_values, parse_config
+from validation import UNUSED_FIELDS, JsonDict, check_values, parse_config
 
 
 @dataclass
 class ScriptArguments:
-    # models
-    model_name_or_path: str = field(default="gpt2", metadata={"help": "Policy to tune: hub id or local directory."})
+    # models: the policy and LoRA settings are trl.ModelConfig's (model_name_or_path, torch_dtype, use_peft, lora_*)
     ref_model_name_or_path: Optional[str] = field(
         default=None, metadata={"help": "Frozen reference for the KL penalty (default: model_name_or_path)."})
-    torch_dtype: Literal["float32", "bfloat16", "float16", "auto"] = field(
-        default="float32", metadata={"help": "Dtype the policy and reference weights are loaded in."})
-    trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the hub (off: safe)."})
     disable_dropout: bool = field(
         default=True, metadata={"help": "Dropout off in policy and reference, so PPO ratios and KL are exact."})
-    # LoRA: train adapters only; the reference is the base model with adapters disabled (no second copy)
-    use_peft: bool = field(default=False, metadata={"help": "Train LoRA adapters instead of all weights."})
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
-    lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA path (disable_dropout wins)."})
-    lora_target_modules: Optional[list[str]] = field(
-        default=None, metadata={"help": "Module names to adapt (default: peft's choice for the architecture)."})
     save_merged: bool = field(
         default=False, metadata={"help": "With use_peft, also save OUTPUT_DIR/merged: base + adapters in one model."})
     # data: prompts are the first prompt_{min,max}_tokens tokens of each text
@@ -94,10 +83,12 @@ class ScriptArguments:
     # outputs
     output_dir: str = field(default="runs/ppo", metadata={"help": "Where the model, metrics and checkpoints go."})
     overwrite_output_dir: bool = field(default=False, metadata={"help": "Replace an earlier run in output_dir."})
-    save_every: int = field(default=50, metadata={"help": "Checkpoint every N steps (and always at the end)."})
-    keep_last: int = field(default=2, metadata={"help": "Checkpoints to keep."})
+    save_steps: int = field(default=50, metadata={"help": "Checkpoint every N steps (and always at the end)."})
+    save_total_limit: int = field(default=2, metadata={"help": "Checkpoints to keep (the newest)."})
     resume_from_checkpoint: Optional[str] = field(
-        default=None, metadata={"help": "'latest' or a checkpoint directory to continue from."})
+        default=None, metadata={"help": "'latest' (or 'true') or a checkpoint-N directory to continue from."})
+    hub_model_id: Optional[str] = field(
+        default=None, metadata={"help": "Push OUTPUT_DIR to this hub repo at the end (checked at start-up)."})
     sample_every: int = field(default=20, metadata={"help": "Print a table of samples every N steps; 0 = never."})
     eval_file: Optional[str] = field(
         default=None, metadata={"help": "Held-out prompts, one per line: compare reference and tuned policy at the end."})
@@ -107,6 +98,14 @@ class ScriptArguments:
 
     def __post_init__(self):
         check_values(self)  # types and validation.RANGES, before anything is loaded
+
+
+@dataclass
+class CheckedModelConfig(ModelConfig):
+    """trl.ModelConfig (the policy, its dtype, LoRA via trl.get_peft_config), its values checked like the others."""
+
+    def __post_init__(self):
+        check_values(self)
 
 
 @dataclass
@@ -125,10 +124,13 @@ DERIVED_PPO_FIELDS = {"world_size", "backward_batch_size", "global_backward_batc
                       "is_encoder_decoder", "is_peft_model"}
 
 
-def check_settings(args: ScriptArguments, config: PPOConfig) -> None:
+def check_settings(args: ScriptArguments, config: PPOConfig, model_args: ModelConfig) -> None:
     """Settings that point at files or packages, checked before anything is loaded or written."""
+    if not model_args.model_name_or_path:
+        raise RunError("setting 'model_name_or_path' is required: a hub id (gpt2) or a local model directory")
     if config.log_with == "tensorboard" and not importlib.util.find_spec("tensorboard"):
         raise RunError("log_with: tensorboard needs the tensorboard package: pip install tensorboard")
+    check_hub(args.hub_model_id)
     if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
         raise RunError(f"output_dir '{args.output_dir}' is a file, not a directory: choose another output_dir")
     changed = {k: getattr(args, k) for k, v in HONEST_SAMPLING.items() if getattr(args, k) != v}
@@ -157,24 +159,20 @@ def from_pretrained(cls, path: str, what: str, **kwargs):
                        f"SmolLM2 job") from None
 
 
-def load_model(path: str, what: str, args: ScriptArguments, peft: bool = False):
+def load_model(path: str, what: str, args: ScriptArguments, model_args: ModelConfig, peft: bool = False):
     """Causal LM with a value head (with fresh or saved LoRA adapters if peft), dropout off unless asked for."""
-    dtype = args.torch_dtype if args.torch_dtype == "auto" else getattr(torch, args.torch_dtype)
-    kwargs = {}
+    dtype = model_args.torch_dtype or "float32"
+    kwargs = {"dtype": dtype if dtype == "auto" else getattr(torch, dtype), "revision": model_args.model_revision,
+              "trust_remote_code": model_args.trust_remote_code, "attn_implementation": model_args.attn_implementation}
     if peft:
-        from peft import LoraConfig
-
-        kwargs = {"is_trainable": True, "peft_config": LoraConfig(
-            r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
-            target_modules=args.lora_target_modules, bias="none", task_type="CAUSAL_LM")}
+        kwargs |= {"is_trainable": True, "peft_config": get_peft_config(model_args)}
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()  # "v_head weights not used by GPT2LMHeadModel": TRL loads them
     try:
-        model = from_pretrained(AutoModelForCausalLMWithValueHead, path, what, dtype=dtype,
-                                trust_remote_code=args.trust_remote_code, **kwargs)
+        model = from_pretrained(AutoModelForCausalLMWithValueHead, path, what, **kwargs)
     except RunError as e:
         if "Target modules" in str(e):  # peft: lora_target_modules names modules the model does not have
-            raise RunError(f"lora_target_modules {args.lora_target_modules} are not modules of '{path}': name "
+            raise RunError(f"lora_target_modules {model_args.lora_target_modules} are not modules of '{path}': name "
                            "linear layers it has (e.g. q_proj v_proj for Llama, c_attn for GPT-2), or leave it "
                            "unset for peft's choice") from None
         raise
@@ -213,13 +211,13 @@ def print_table(title: str, columns: list[str], *cells, n: int = 4) -> None:
 
 def main(argv: list[str]) -> None:
     # ---- Settings: parsed and checked (types, ranges, files) before anything is loaded or written
-    args, config = parse_config(TrlParser((ScriptArguments, CheckedPPOConfig)), argv)
-    check_settings(args, config)
+    args, config, model_args = parse_config(TrlParser((ScriptArguments, CheckedPPOConfig, CheckedModelConfig)), argv)
+    check_settings(args, config, model_args)
     eval_prompts = read_eval_prompts(args.eval_file) if args.eval_file else None
-    settings = run_settings(args, config, DERIVED_PPO_FIELDS | set(UNUSED_PPO_FIELDS))
+    settings = run_settings([model_args, args, config], DERIVED_PPO_FIELDS | set(UNUSED_FIELDS))
     # what trackers show as the run's model, data and reward (PPOConfig's own fields are TRL's example's)
     config.model_name, config.query_dataset, config.reward_model = \
-        args.model_name_or_path, args.dataset_name, args.reward_fn
+        model_args.model_name_or_path, args.dataset_name, args.reward_fn
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))  # `accelerate launch --cpu`, or set by hand
     disable_progress_bars()  # datasets' bars for filter/map; the PPO bar is the one to watch
     output_dir = Path(args.output_dir)
@@ -240,13 +238,13 @@ def main(argv: list[str]) -> None:
         judges = {spec: load_reward_fn(spec, "eval_reward_fns") for spec in args.eval_reward_fns}
 
         # ---- Models: policy with value head (from the checkpoint when resuming), frozen reference, tokenizer
-        remote = {"trust_remote_code": args.trust_remote_code}
-        model_config = from_pretrained(AutoConfig, args.model_name_or_path, "model_name_or_path", **remote)
-        if not args.trust_remote_code and model_config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
-            raise RunError(f"model_name_or_path '{args.model_name_or_path}' is a {model_config.model_type} model "
+        remote = {"trust_remote_code": model_args.trust_remote_code, "revision": model_args.model_revision}
+        model_config = from_pretrained(AutoConfig, model_args.model_name_or_path, "model_name_or_path", **remote)
+        if not model_args.trust_remote_code and model_config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+            raise RunError(f"model_name_or_path '{model_args.model_name_or_path}' is a {model_config.model_type} model "
                            f"({', '.join(model_config.architectures or [])}) with no causal-LM head: PPO here tunes a "
                            "causal language model (gpt2, Llama, SmolLM2, ...)")
-        tokenizer = from_pretrained(AutoTokenizer, args.model_name_or_path, "model_name_or_path", **remote)
+        tokenizer = from_pretrained(AutoTokenizer, model_args.model_name_or_path, "model_name_or_path", **remote)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         # PPOTrainer.generate pads prompts on the left by itself; its scoring forward pass pads on the tokenizer's
@@ -259,16 +257,20 @@ def main(argv: list[str]) -> None:
                            f"{context} tokens; lower one of them")
         if eval_prompts and context:
             eval_prompts = fit_prompts(eval_prompts, tokenizer, context - args.response_max_tokens - 8)
-        policy = load_model(str(checkpoint or args.model_name_or_path), "model_name_or_path", args, args.use_peft)
-        if args.use_peft:  # PPOTrainer then scores the reference as the policy with its adapters disabled
+        policy = load_model(str(checkpoint or model_args.model_name_or_path), "model_name_or_path", args, model_args,
+                            model_args.use_peft)
+        if model_args.use_peft:  # PPOTrainer then scores the reference as the policy with its adapters disabled
             reference = None
+            if os.path.isdir(model_args.model_name_or_path):  # the saved adapter names its base wherever it is loaded
+                policy.pretrained_model.peft_config["default"].base_model_name_or_path = \
+                    str(Path(model_args.model_name_or_path).resolve())
             trainable = sum(p.numel() for p in policy.parameters() if p.requires_grad)
             if state.is_main_process:
                 print(f"LoRA: training {trainable:,} of {sum(p.numel() for p in policy.parameters()):,} parameters",
                       file=sys.stderr)
         else:
-            reference = load_model(args.ref_model_name_or_path or args.model_name_or_path, "ref_model_name_or_path",
-                                   args)
+            reference = load_model(args.ref_model_name_or_path or model_args.model_name_or_path,
+                                   "ref_model_name_or_path", args, model_args)
 
         # ---- Data: prompts, in an order that is a pure function of (seed, step) so a resume continues it
         dataset = load_prompts(args, tokenizer, config.seed)
@@ -315,9 +317,9 @@ def main(argv: list[str]) -> None:
         accelerator.wait_for_everyone()
         if state.is_main_process:
             save_checkpoint(args.output_dir, step, accelerator.unwrap_model(trainer.model), tokenizer,
-                            trainer.optimizer, float(trainer.kl_ctl.value), args.keep_last, settings)
+                            trainer.optimizer, float(trainer.kl_ctl.value), args.save_total_limit, settings)
         accelerator.wait_for_everyone()
-        return output_dir / "checkpoints" / f"step-{step:06d}"
+        return output_dir / f"checkpoint-{step}"
 
     # ---- The PPO loop
     response_length = LengthSampler(args.response_min_tokens, args.response_max_tokens + 1)
@@ -394,7 +396,7 @@ def main(argv: list[str]) -> None:
                 resume += " --resume_from_checkpoint latest"
             raise RunError(f"stopped by {signal.Signals(phase.stop_signal).name} after step {step}; checkpoint "
                            f"saved to {path}; resume with: {resume}", code=128 + phase.stop_signal)
-        if step % args.save_every == 0 or step == config.steps:
+        if step % args.save_steps == 0 or step == config.steps:
             checkpoint_now(step)
     progress.close()
     accelerator.end_training()  # closes log_with's tracker
@@ -410,21 +412,24 @@ def main(argv: list[str]) -> None:
     # ---- Evaluate: reference vs tuned policy on held-out prompts, same sampling and seed; draw the curves
     if state.is_main_process:
         if eval_prompts:
-            prompts = eval_prompts
             scorers = {args.reward_fn: reward_fn} | judges
-            report = evaluate(trainer, tokenizer, prompts, scorers, args.reward_kwargs, generation_kwargs,
+            report = evaluate(trainer, tokenizer, eval_prompts, scorers, args.reward_kwargs, generation_kwargs,
                               (args.response_min_tokens, args.response_max_tokens), args.generation_batch_size,
                               config.seed)
             print_table("held-out prompts: reference (before) vs tuned policy (after)",
-                        ["prompt", "before", "reward", "after", "reward"], prompts,
+                        ["prompt", "before", "reward", "after", "reward"], eval_prompts,
                         report["before"]["responses"], report["before"][args.reward_fn]["scores"],
                         report["after"]["responses"], report["after"][args.reward_fn]["scores"], n=8)
             print(write_eval_report(report, output_dir), file=sys.stderr)
         print(f"training curves: {plot_run(output_dir)}", file=sys.stderr)
-        if args.use_peft and args.save_merged:  # last: merging folds the adapters into the base weights
+        eval_md = (output_dir / "eval.md").read_text() if eval_prompts else None
+        print(f"model card: {write_model_card(output_dir, settings, eval_md)}", file=sys.stderr)
+        if model_args.use_peft and args.save_merged:  # last: merging folds the adapters into the base weights
             policy.pretrained_model.merge_and_unload().save_pretrained(output_dir / "merged", safe_serialization=True)
             tokenizer.save_pretrained(output_dir / "merged")
             print(f"merged model (base + adapters): {output_dir / 'merged'}", file=sys.stderr)
+        if args.hub_model_id:
+            print(f"pushed to the hub: {push_to_hub(output_dir, args.hub_model_id)}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ RANGES = {
     "lora_r": "[1, inf)", "lora_alpha": "(0, inf)", "lora_dropout": "[0, 1)", "min_text_length": "[0, inf)",
     "prompt_min_tokens": "[1, inf)", "prompt_max_tokens": "[1, inf)", "response_min_tokens": "[1, inf)",
     "response_max_tokens": "[1, inf)", "generation_batch_size": "[1, inf)", "top_k": "[0, inf)", "top_p": "(0, 1]",
-    "temperature": "(0, inf)", "min_length": "[-1, inf)", "save_every": "[1, inf)", "keep_last": "[1, inf)",
+    "temperature": "(0, inf)", "min_length": "[-1, inf)", "save_steps": "[1, inf)", "save_total_limit": "[1, inf)",
     "sample_every": "[0, inf)",
     # trl.PPOConfig
     "seed": "[0, 4294967295]", "steps": "[1, inf)", "learning_rate": "(0, inf)", "init_kl_coef": "[0, inf)",
@@ -45,13 +45,17 @@ RANGES = {
     "gradient_accumulation_steps": "[1, inf)", "ppo_epochs": "[1, inf)", "max_grad_norm": "(0, inf)",
     "target_kl": "(0, inf)", "ratio_threshold": "(0, inf)", "score_clip": "(0, inf)",
 }
-# trl.PPOConfig fields this script does not read, with what to set instead. They are rejected when given, and
-# model_name / query_dataset / reward_model are filled in from the run's own settings for the trackers.
-UNUSED_PPO_FIELDS = {
+# trl.PPOConfig / trl.ModelConfig fields this script does not read, with what to set instead. They are rejected when
+# given; model_name / query_dataset / reward_model are filled in from the run's own settings for the trackers.
+UNUSED_FIELDS = {
     "model_name": "model_name_or_path", "query_dataset": "dataset_name", "reward_model": "reward_fn",
     "task_name": "exp_name", "forward_batch_size": "mini_batch_size", "optimize_cuda_cache": "optimize_device_cache",
-    "remove_unused_columns": None, "dataset_num_proc": None, "push_to_hub_if_best_kwargs": None, "compare_steps": None,
+    "remove_unused_columns": None, "dataset_num_proc": None, "push_to_hub_if_best_kwargs": "hub_model_id",
+    "compare_steps": None, "load_in_8bit": None, "load_in_4bit": None, "bnb_4bit_quant_type": None,
+    "use_bnb_nested_quant": None, "lora_task_type": None,
 }
+# Settings renamed to transformers' Trainer names; the old names get a one-line error naming the new ones.
+RENAMED = {"save_every": "save_steps", "keep_last": "save_total_limit"}
 
 
 def in_range(value, interval: str) -> bool:
@@ -69,9 +73,9 @@ def check_values(obj) -> None:
             default = f.default if f.default is not dataclasses.MISSING else None
             raise RunError(f"setting '{f.name}' must be in {RANGES[f.name]}, got {value!r}; set it within that "
                            f"range (default: {default!r})")
-        if f.name in UNUSED_PPO_FIELDS and f.default is not dataclasses.MISSING and value != f.default:
-            instead = UNUSED_PPO_FIELDS[f.name]
-            raise RunError(f"setting '{f.name}' is a PPOConfig field this script does not use: "
+        if f.name in UNUSED_FIELDS and f.default is not dataclasses.MISSING and value != f.default:
+            instead = UNUSED_FIELDS[f.name]
+            raise RunError(f"setting '{f.name}' is a {type(obj).__mro__[1].__name__} field this script does not use: "
                            + (f"set '{instead}' instead" if instead else "remove it"))
     for low, high in [("prompt_min_tokens", "prompt_max_tokens"), ("response_min_tokens", "response_max_tokens")]:
         if hasattr(obj, low) and getattr(obj, low) > getattr(obj, high):
@@ -86,6 +90,9 @@ def parse_config(parser, argv: list[str]):
     def unknown(message: str) -> RunError:
         # TRL/HfArgumentParser list the unused keys or words, quoted: take the first one
         name = re.search(r"'([^']+)'", message).group(1).lstrip("-").split("=")[0].replace("-", "_")
+        if name in RENAMED:
+            return RunError(f"setting '{name}' is now '{RENAMED[name]}', as in transformers' Trainer: "
+                            f"rename it in the config or command line")
         close = difflib.get_close_matches(name, known, n=1)
         hint = f"did you mean '{close[0]}'?" if close else "see `python train_ppo.py --help` for the settings"
         return RunError(f"unknown setting '{name}': {hint}")

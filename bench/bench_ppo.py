@@ -60,7 +60,7 @@ def run_ours(paths, steps: int, device: str, out: Path) -> list[dict]:
     config = {**SETTINGS, "model_name_or_path": paths["policy"], "dataset_name": paths["data"],
               "min_text_length": 20, "reward_fn": "sentiment_classifier",
               "reward_kwargs": {"model": paths["classifier"], "batch_size": 128}, "steps": steps,
-              "output_dir": str(out), "save_every": 10**6, "sample_every": 0,
+              "output_dir": str(out), "save_steps": 10**6, "sample_every": 0,
               "accelerator_kwargs": {"cpu": device == "cpu"}}
     (out.parent / "ours.yaml").write_text(yaml.safe_dump(config))
     train_ppo.main(["--config", str(out.parent / "ours.yaml")])
@@ -71,13 +71,14 @@ def run_ours(paths, steps: int, device: str, out: Path) -> list[dict]:
 def make_trainer(paths, device: str):
     """A fresh PPOTrainer with the shared settings, and the same prompts train_ppo.py uses."""
     set_seed(SETTINGS["seed"])
-    args = train_ppo.ScriptArguments(model_name_or_path=paths["policy"], dataset_name=paths["data"],
-                                     min_text_length=20, **{k: v for k, v in SETTINGS.items() if "tokens" in k})
+    args = train_ppo.ScriptArguments(dataset_name=paths["data"], min_text_length=20,
+                                     **{k: v for k, v in SETTINGS.items() if "tokens" in k})
+    model_args = train_ppo.CheckedModelConfig(paths["policy"])
     config = PPOConfig(**{k: v for k, v in SETTINGS.items() if "tokens" not in k},
                        accelerator_kwargs={"cpu": device == "cpu"})
     tokenizer = train_ppo.AutoTokenizer.from_pretrained(paths["policy"])
     tokenizer.pad_token = tokenizer.eos_token
-    policy, reference = (train_ppo.load_model(paths["policy"], "policy", args) for _ in range(2))
+    policy, reference = (train_ppo.load_model(paths["policy"], "policy", args, model_args) for _ in range(2))
     trainer = PPOTrainer(config, policy, reference, tokenizer)
     return trainer, tokenizer, train_ppo.load_prompts(args, tokenizer, SETTINGS["seed"])
 

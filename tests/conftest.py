@@ -31,11 +31,12 @@ def tiny_config(tiny, tmp_path):
         settings = {"model_name_or_path": tiny["policy"], "dataset_name": tiny["data"], "min_text_length": 20,
                     "reward_fn": "sentiment_classifier", "reward_kwargs": {"model": tiny["classifier"]},
                     "batch_size": 16, "mini_batch_size": 8, "steps": 3, "output_dir": str(tmp_path / "run"),
-                    "sample_every": 0, "save_every": 2, **overrides}
+                    "sample_every": 0, "save_steps": 2, **overrides}
         path = tmp_path / "tiny.yaml"
         path.write_text(yaml.safe_dump(settings))
         return path
 
+    write.policy = tiny["policy"]
     return write
 
 

@@ -35,7 +35,7 @@ CASES = [
     ("yaml-missing", {}, ["--config", "{tmp}/none.yaml"], "config file '{tmp}/none.yaml' not found"),
     ("yaml-unknown", {"c.yaml": "learnin_rate: 1.0e-5\n"}, ["--config", "{tmp}/c.yaml"],
      "unknown setting 'learnin_rate': did you mean 'learning_rate'?"),
-    ("abbreviation", {}, ["--save_ev", "5"], "unknown setting 'save_ev': did you mean 'save_every'?"),
+    ("abbreviation", {}, ["--save_ev", "5"], "unknown setting 'save_ev': did you mean 'save_steps'?"),
     # values: types, ranges, choices, unused PPOConfig fields
     ("lr-negative", {}, ["--learning_rate", "-1"], "setting 'learning_rate' must be in (0, inf), got -1.0"),
     ("lr-zero", {}, ["--learning_rate", "0"], "setting 'learning_rate' must be in (0, inf), got 0.0"),
@@ -49,7 +49,9 @@ CASES = [
     ("top-p-above-1", {}, ["--top_p", "1.5"], "setting 'top_p' must be in (0, 1], got 1.5"),
     ("seed-negative", {}, ["--seed", "-1"], "setting 'seed' must be in [0, 4294967295], got -1"),
     ("gamma-above-1", {}, ["--gamma", "2"], "setting 'gamma' must be in [0, 1], got 2.0"),
-    ("save-every-zero", {}, ["--save_every", "0"], "setting 'save_every' must be in [1, inf), got 0"),
+    ("save-steps-zero", {}, ["--save_steps", "0"], "setting 'save_steps' must be in [1, inf), got 0"),
+    ("old-name", {}, ["--save_every", "5"], "setting 'save_every' is now 'save_steps', as in transformers' Trainer"),
+    ("old-name-yaml", {"c.yaml": "keep_last: 3\n"}, ["--config", "{tmp}/c.yaml"], "setting 'keep_last' is now 'save_total_limit'"),
     ("response-min-above-max", {}, ["--response_min_tokens", "10", "--response_max_tokens", "5"],
      "need response_min_tokens <= response_max_tokens, got 10 and 5"),
     ("kl-penalty-choice", {"c.yaml": "kl_penalty: foo\n"}, ["--config", "{tmp}/c.yaml"],
@@ -111,9 +113,13 @@ CASES = [
     ("reward-raises", {"r.py": "def f(prompts, responses, **kw):\n    return [1 / 0 for p in prompts]\n"},
      ["--reward_fn", "{tmp}/r.py:f", "--steps", "3", "--resume_from_checkpoint", "latest"],
      "reward function 'f' raised ZeroDivisionError: division by zero — on sample 0: prompt="),
+    ("hub-offline", {}, ["--hub_model_id", "me/ppo-model"],
+     "hub_model_id 'me/ppo-model': the Hugging Face Hub is offline here (HF_HUB_OFFLINE)"),
+    ("quantization", {}, ["--load_in_4bit", "true"], "setting 'load_in_4bit' is a ModelConfig field this script does"),
+    ("no-model", {"c.yaml": "steps: 2\n"}, ["--config", "{tmp}/c.yaml"], "setting 'model_name_or_path' is required"),
     ("resume-none", {}, ["--resume_from_checkpoint", "{tmp}/nowhere"], "resume_from_checkpoint '{tmp}/nowhere' is not"),
     ("resume-changes-shape", {}, ["--use_peft", "true", "--resume_from_checkpoint", "latest"],
-     "cannot resume from {out}/checkpoints/step-000002: these settings differ from its run_config.yaml and change the "
+     "cannot resume from {out}/checkpoint-2: these settings differ from its run_config.yaml and change the "
      "model or optimizer shape (use_peft: False -> True)"),
 ]
 
@@ -125,7 +131,7 @@ def finished_run(tiny, tmp_path_factory):
     config = tmp / "tiny.yaml"
     config.write_text(yaml.safe_dump({
         "model_name_or_path": tiny["policy"], "dataset_name": tiny["data"], "min_text_length": 20,
-        "reward_fn": "vader", "batch_size": 16, "mini_batch_size": 8, "steps": 2, "save_every": 1,
+        "reward_fn": "vader", "batch_size": 16, "mini_batch_size": 8, "steps": 2, "save_steps": 1,
         "output_dir": str(tmp / "run"), "sample_every": 0}))
     assert run_script("--config", config).returncode == 0
     build_classifier(tmp / "classifier")

@@ -4,19 +4,20 @@ import pytest
 from trl.commands.cli_utils import TrlParser
 
 from errors import RunError
-from train_ppo import CheckedPPOConfig, ScriptArguments
+from train_ppo import CheckedModelConfig, CheckedPPOConfig, ScriptArguments
 from validation import parse_config
 
 
 def parse(*argv):
-    return parse_config(TrlParser((ScriptArguments, CheckedPPOConfig)), [str(a) for a in argv])
+    """(ScriptArguments, PPOConfig, ModelConfig) from a command line, as train_ppo.main parses it."""
+    return parse_config(TrlParser((ScriptArguments, CheckedPPOConfig, CheckedModelConfig)), [str(a) for a in argv])
 
 
 def test_defaults_yaml_cli_precedence(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("learning_rate: 2.0e-5\nbatch_size: 64\nmini_batch_size: 16\nreward_fn: vader\n"
                    "reward_kwargs: {a: 1}\nresponse_max_tokens: 12\n")
-    args, config = parse("--config", cfg, "--learning_rate", "1e-5", "--reward_kwargs", '{"b": 2}')
+    args, config, model_args = parse("--config", cfg, "--learning_rate", "1e-5", "--reward_kwargs", '{"b": 2}')
     assert config.learning_rate == 1e-5  # CLI beats YAML
     assert config.batch_size == 64 and args.reward_fn == "vader" and args.response_max_tokens == 12  # YAML
     assert args.reward_kwargs == {"b": 2}
@@ -28,7 +29,7 @@ def test_shipped_configs_parse():
     from pathlib import Path
 
     for path in sorted(Path(__file__).parents[1].glob("configs/*.yaml")):
-        args, config = parse("--config", path)
+        args, config, model_args = parse("--config", path)
         assert config.steps >= 1 and args.output_dir
 
 
@@ -64,7 +65,7 @@ def test_bad_yaml(tmp_path, yaml_text, message):
 def test_dict_settings_take_json_and_config_takes_equals(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("steps: 7\n")
-    args, config = parse(f"--config={cfg}", "--accelerator_kwargs", '{"mixed_precision": "bf16"}',
+    args, config, model_args = parse(f"--config={cfg}", "--accelerator_kwargs", '{"mixed_precision": "bf16"}',
                          "--tracker_kwargs", '{"wandb": {"name": "x"}}', "--project_kwargs", '{"logging_dir": "l"}')
     assert config.steps == 7
     assert config.accelerator_kwargs == {"mixed_precision": "bf16"}
@@ -84,5 +85,5 @@ def test_run_config_records_what_the_run_used(tiny_config, tmp_path):
     for ignored in ["model_name", "query_dataset", "reward_model", "remove_unused_columns", "forward_batch_size"]:
         assert ignored not in saved
     assert saved["reward_fn"] == "vader" and saved["steps"] == 1
-    args, config = parse("--config", tmp_path / "run" / "run_config.yaml")
-    assert args.model_name_or_path == saved["model_name_or_path"] and config.steps == 1
+    args, config, model_args = parse("--config", tmp_path / "run" / "run_config.yaml")
+    assert model_args.model_name_or_path == saved["model_name_or_path"] and config.steps == 1

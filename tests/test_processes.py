@@ -46,7 +46,7 @@ def run_two(config, *argv, on_start=None, timeout=240):
 def test_two_processes_split_the_batch_and_one_writes(tiny_config, tmp_path):
     (tmp_path / "rewards.py").write_text(REWARDS)
     config = tiny_config(reward_fn=f"{tmp_path / 'rewards.py'}:words", reward_kwargs={"out": str(tmp_path)},
-                         batch_size=8, mini_batch_size=4, steps=3, save_every=2)
+                         batch_size=8, mini_batch_size=4, steps=3, save_steps=2)
     codes, stderr = run_two(config)
     assert codes == [0, 0], stderr
     out = tmp_path / "run"
@@ -55,14 +55,14 @@ def test_two_processes_split_the_batch_and_one_writes(tiny_config, tmp_path):
     assert all(r["env/episodes"] == 16 for r in rows)  # 8 per process, gathered from both
     assert (tmp_path / "calls-0").read_text() == (tmp_path / "calls-1").read_text() == "3"
     assert stderr[0].count("saved the tuned policy") == 1 and "saved the tuned policy" not in stderr[1]
-    assert [p.name for p in list_checkpoints(out)] == ["step-000002", "step-000003"]
+    assert [p.name for p in list_checkpoints(out)] == ["checkpoint-2", "checkpoint-3"]
     assert AutoModelForCausalLM.from_pretrained(out).config.n_layer == 2
 
 
 def test_an_error_on_one_process_ends_both_with_one_line(tiny_config, tmp_path):
     (tmp_path / "rewards.py").write_text(REWARDS)
     config = tiny_config(reward_fn=f"{tmp_path / 'rewards.py'}:fails_on_rank_1", reward_kwargs={"out": str(tmp_path)},
-                         batch_size=8, mini_batch_size=4, steps=4, save_every=1)
+                         batch_size=8, mini_batch_size=4, steps=4, save_steps=1)
     start = time.time()
     codes, stderr = run_two(config, timeout=120)
     assert codes == [2, 2], stderr
@@ -73,13 +73,13 @@ def test_an_error_on_one_process_ends_both_with_one_line(tiny_config, tmp_path):
     assert not any("Traceback" in err for err in stderr)
     out = tmp_path / "run"
     assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [1]
-    assert [p.name for p in list_checkpoints(out)] == ["step-000001"]
+    assert [p.name for p in list_checkpoints(out)] == ["checkpoint-1"]
 
 
 def test_sigterm_to_one_process_checkpoints_once_and_both_stop(tiny_config, tmp_path):
     (tmp_path / "rewards.py").write_text(REWARDS)
     config = tiny_config(reward_fn=f"{tmp_path / 'rewards.py'}:words", reward_kwargs={"out": str(tmp_path)},
-                         batch_size=8, mini_batch_size=4, steps=40, save_every=100)
+                         batch_size=8, mini_batch_size=4, steps=40, save_steps=100)
     out = tmp_path / "run"
 
     def terminate_rank_1(procs):
@@ -94,9 +94,9 @@ def test_sigterm_to_one_process_checkpoints_once_and_both_stop(tiny_config, tmp_
     assert step < 40
     last = stderr[0].strip().splitlines()[-1]
     assert last.startswith(f"error: stopped by SIGTERM after step {step}; checkpoint saved to "
-                           f"{out}/checkpoints/step-{step:06d}; resume with: ")
+                           f"{out}/checkpoint-{step}; resume with: ")
     assert not any(line.startswith("error:") for line in stderr[1].splitlines())
-    assert [p.name for p in list_checkpoints(out)] == [f"step-{step:06d}"]
+    assert [p.name for p in list_checkpoints(out)] == [f"checkpoint-{step}"]
 
     codes, stderr = run_two(config, "--steps", str(step + 2), "--resume_from_checkpoint", "latest")
     assert codes == [0, 0], stderr

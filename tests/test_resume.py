@@ -44,7 +44,7 @@ def wait_for(condition, timeout=120):
 @pytest.fixture
 def slow_config(tiny_config, tmp_path):
     (tmp_path / "slow_reward.py").write_text(SLOW_REWARD)
-    return tiny_config(reward_fn=f"{tmp_path / 'slow_reward.py'}:slow", steps=8, save_every=2, keep_last=3)
+    return tiny_config(reward_fn=f"{tmp_path / 'slow_reward.py'}:slow", steps=8, save_steps=2, save_total_limit=3)
 
 
 def optimizer_steps(checkpoint) -> int:
@@ -72,12 +72,12 @@ def test_resume_after_sigkill(slow_config, tmp_path):
     assert [r["step"] for r in rows] == list(range(1, 9))  # no gap, no duplicate
     assert rows[saved["step"]]["objective/kl_coef"] == pytest.approx(saved["kl_coef"], rel=1e-6)  # beta restored
     # Adam's step count: 8 PPO steps x 4 epochs x (16 / 8) minibatches, so the first steps' state came along
-    assert optimizer_steps(out / "checkpoints" / "step-000008") == 8 * 4 * 2
+    assert optimizer_steps(out / "checkpoint-8") == 8 * 4 * 2
 
 
 def test_sigint_checkpoints_and_says_how_to_resume(slow_config, tmp_path):
     out = tmp_path / "run"
-    proc = start(slow_config, "--save_every", "100")
+    proc = start(slow_config, "--save_steps", "100")
     wait_for(lambda: len(read_metrics(out / "metrics.jsonl")) >= 1 or proc.poll() is not None)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)
@@ -85,18 +85,18 @@ def test_sigint_checkpoints_and_says_how_to_resume(slow_config, tmp_path):
     last_line = stderr.strip().splitlines()[-1]
     step = max(r["step"] for r in read_metrics(out / "metrics.jsonl"))
     assert last_line == (f"error: stopped by SIGINT after step {step}; checkpoint saved to "
-                         f"{out}/checkpoints/step-{step:06d}; resume with: python {ROOT / 'train_ppo.py'} "
-                         f"--config {slow_config} --save_every 100 --resume_from_checkpoint latest")
-    assert list_checkpoints(out) == [out / "checkpoints" / f"step-{step:06d}"]
+                         f"{out}/checkpoint-{step}; resume with: python {ROOT / 'train_ppo.py'} "
+                         f"--config {slow_config} --save_steps 100 --resume_from_checkpoint latest")
+    assert list_checkpoints(out) == [out / f"checkpoint-{step}"]
 
-    result = run_script("--config", slow_config, "--save_every", "100", "--resume_from_checkpoint", "latest")
+    result = run_script("--config", slow_config, "--save_steps", "100", "--resume_from_checkpoint", "latest")
     assert result.returncode == 0, result.stderr
     assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == list(range(1, 9))
 
 
 def test_second_sigint_exits_at_once(slow_config, tmp_path):
     out = tmp_path / "run"
-    proc = start(slow_config, "--save_every", "1")
+    proc = start(slow_config, "--save_steps", "1")
     wait_for(lambda: len(list_checkpoints(out)) >= 1 or proc.poll() is not None)
     proc.send_signal(signal.SIGINT)
     time.sleep(0.1)
@@ -104,18 +104,18 @@ def test_second_sigint_exits_at_once(slow_config, tmp_path):
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130
     assert stderr.strip().splitlines()[-1] == "second interrupt: exiting now; the last checkpoint is kept"
-    assert find_checkpoint(out, "latest").name.startswith("step-")
+    assert find_checkpoint(out, "true").name.startswith("checkpoint-")
 
 
 def test_latest_skips_a_checkpoint_killed_mid_write(slow_config, tmp_path):
     out = tmp_path / "run"
     assert run_script("--config", slow_config, "--steps", "4").returncode == 0
     # a kill during the write leaves the temporary directory (or, at worst, one without trainer_state.json)
-    shutil.copytree(out / "checkpoints" / "step-000004", out / "checkpoints" / "step-000006.tmp")
-    partial = out / "checkpoints" / "step-000008"
+    shutil.copytree(out / "checkpoint-4", out / "checkpoint-6.tmp")
+    partial = out / "checkpoint-8"
     partial.mkdir()
     (partial / "model.safetensors").write_bytes(b"half a file")
-    assert find_checkpoint(out, "latest") == out / "checkpoints" / "step-000004"
+    assert find_checkpoint(out, "latest") == out / "checkpoint-4"
 
     result = run_script("--config", slow_config, "--resume_from_checkpoint", "latest")
     assert result.returncode == 0, result.stderr
@@ -126,12 +126,12 @@ def test_latest_skips_a_checkpoint_killed_mid_write(slow_config, tmp_path):
 def test_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint(slow_config, tmp_path):
     out = tmp_path / "run"
     assert run_script("--config", slow_config, "--steps", "2").returncode == 0
-    before = (out / "checkpoints" / "step-000002" / "model.safetensors").read_bytes()
+    before = (out / "checkpoint-2" / "model.safetensors").read_bytes()
     result = run_script("--config", slow_config, "--steps", "4", "--resume_from_checkpoint", "latest",
                         "--reward_fn", f"{tmp_path / 'slow_reward.py'}:overflows")
     assert result.returncode == 1, result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: step 3: ") and "training diverged" in last, last
-    assert last.endswith(f"last good checkpoint: {out}/checkpoints/step-000002")
-    assert (out / "checkpoints" / "step-000002" / "model.safetensors").read_bytes() == before
+    assert last.endswith(f"last good checkpoint: {out}/checkpoint-2")
+    assert (out / "checkpoint-2" / "model.safetensors").read_bytes() == before
     assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [1, 2]

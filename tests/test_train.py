@@ -1,6 +1,7 @@
 """The real script, run as a user runs it, on tiny local models."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -45,7 +46,7 @@ def test_end_to_end_outputs(tiny_config, tmp_path):
     assert (out / "model.safetensors").exists() and not (out / "pytorch_model.bin").exists()
     lm = AutoModelForCausalLM.from_pretrained(out)
     with_head = AutoModelForCausalLMWithValueHead.from_pretrained(str(out))
-    checkpoint_head = AutoModelForCausalLMWithValueHead.from_pretrained(str(out / "checkpoints" / "step-000003"))
+    checkpoint_head = AutoModelForCausalLMWithValueHead.from_pretrained(str(out / "checkpoint-3"))
     assert torch.equal(with_head.v_head.summary.weight, checkpoint_head.v_head.summary.weight)
     tokenizer = AutoTokenizer.from_pretrained(out)
     generated = lm.generate(**tokenizer("The film", return_tensors="pt"), max_new_tokens=5, do_sample=False,
@@ -69,6 +70,10 @@ def test_end_to_end_outputs(tiny_config, tmp_path):
     assert "| The film was |" in eval_md and "| vader (judge) |" in eval_md
     assert "held-out sentiment_classifier: mean" in result.stderr and "judge vader:" in result.stderr
     assert "responses of 3-9 tokens as in training" in result.stderr
+    card = (out / "README.md").read_text()  # huggingface_hub ModelCard: what was tuned, how, how to load it
+    assert "- ppo" in card and f"`{tiny_config.policy}` fine-tuned with PPO" in card
+    assert "| mean before | mean after |" in card and "![training curves](training_curves.png)" in card
+    assert "AutoModelForCausalLM.from_pretrained" in card
     png = out / "training_curves.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     png.unlink()
@@ -95,7 +100,7 @@ def test_user_errors_exit_2_with_one_line(tiny_config, tmp_path, argv, message):
 def test_policy_learns_keyword_reward(tiny_config, tmp_path, seed):
     """The template keyword reward, on a policy that already writes review-like text: PPO raises it."""
     config = tiny_config(reward_fn="keyword", reward_kwargs={"keywords": ["great"]}, batch_size=32,
-                         mini_batch_size=8, steps=20, learning_rate=1e-3, save_every=100, seed=seed)
+                         mini_batch_size=8, steps=20, learning_rate=1e-3, save_steps=100, seed=seed)
     result = run_script("--config", config)
     assert result.returncode == 0, result.stderr
     rewards = [r["env/reward_mean"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")]
@@ -113,6 +118,9 @@ def test_lora_run_trains_few_parameters_and_merges(tiny_config, tmp_path):
     assert 0 < trainable < 0.05 * total
     out = tmp_path / "run"
     assert (out / "adapter_model.safetensors").exists()
+    adapter = json.loads((out / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == str(Path(tiny_config.policy).resolve())  # loads from anywhere
+    assert "AutoPeftModelForCausalLM" in (out / "README.md").read_text()
     merged = AutoModelForCausalLM.from_pretrained(out / "merged")
     tokenizer = AutoTokenizer.from_pretrained(out / "merged")
     generated = merged.generate(**tokenizer("The film", return_tensors="pt"), max_new_tokens=5, do_sample=False,
@@ -125,10 +133,10 @@ def test_lora_reference_is_the_base_model_with_adapters_off(tiny):
     adapters, which gives exactly the base model's logits even after the adapters have moved."""
     from trl import PPOConfig, PPOTrainer
 
-    from train_ppo import ScriptArguments, load_model
+    from train_ppo import CheckedModelConfig, ScriptArguments, load_model
 
-    args = ScriptArguments(model_name_or_path=tiny["policy"], use_peft=True, lora_r=4)
-    policy = load_model(tiny["policy"], "model_name_or_path", args, peft=True)
+    model_args = CheckedModelConfig(tiny["policy"], use_peft=True, lora_r=4)
+    policy = load_model(tiny["policy"], "model_name_or_path", ScriptArguments(), model_args, peft=True)
     tokenizer = AutoTokenizer.from_pretrained(tiny["policy"])
     trainer = PPOTrainer(PPOConfig(batch_size=4, mini_batch_size=4), policy, None, tokenizer)
     assert trainer.ref_model is None and trainer.is_peft_model
@@ -168,7 +176,7 @@ def test_llama_lora_config_on_a_tiny_llama(tiny, tmp_path):
 def test_tensorboard_gets_the_metrics_rows_and_continues_across_a_resume(tiny_config, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    config = tiny_config(log_with="tensorboard", steps=2, sample_every=1, save_every=1)
+    config = tiny_config(log_with="tensorboard", steps=2, sample_every=1, save_steps=1)
     result = run_script("--config", config)
     assert result.returncode == 0, result.stderr
     assert run_script("--config", config, "--steps", "3", "--resume_from_checkpoint", "latest").returncode == 0
@@ -183,3 +191,55 @@ def test_tensorboard_gets_the_metrics_rows_and_continues_across_a_resume(tiny_co
     texts = events.Tensors("samples/text_summary")
     assert [e.step for e in texts] == [1, 2, 3]
     assert b"| prompt | response | reward |" in texts[0].tensor_proto.string_val[0]
+
+
+def test_overwrite_replaces_exactly_what_an_earlier_run_wrote(tiny_config, tmp_path):
+    """A LoRA run, then --overwrite_output_dir with a full fine-tune: no stale adapter, merged model, eval or card
+    is left to be loaded by mistake, and the user's own files stay."""
+    held_out = tmp_path / "held_out.txt"
+    held_out.write_text("The film was\n")
+    lora = tiny_config(use_peft=True, lora_r=4, steps=2, save_merged=True, eval_file=str(held_out))
+    assert run_script("--config", lora).returncode == 0
+    out = tmp_path / "run"
+    (out / "notes.txt").write_text("mine")
+    assert {"adapter_config.json", "merged", "eval.md", "README.md", "checkpoint-2"} <= {p.name for p in out.iterdir()}
+
+    result = run_script("--config", tiny_config(steps=1), "--overwrite_output_dir")
+    assert result.returncode == 0, result.stderr
+    names = {p.name for p in out.iterdir()}
+    assert not {"adapter_config.json", "adapter_model.safetensors", "merged", "eval.md", "eval.json",
+                "checkpoint-2"} & names
+    assert {"notes.txt", "model.safetensors", "README.md", "checkpoint-1"} <= names
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [1]
+    assert AutoModelForCausalLM.from_pretrained(out).config.n_layer == 2  # the new full model, not an adapter
+
+
+def test_a_second_run_on_a_live_output_dir_is_refused(tiny_config, tmp_path):
+    """An OS lock (flock) on output_dir: a second run ends at start-up with one line; a killed run leaves no lock."""
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT
+
+    slow = tmp_path / "slow.py"
+    slow.write_text("import time\ndef slow(prompts, responses, **kw):\n    time.sleep(0.5)\n"
+                    "    return [0.0] * len(responses)\n")
+    config = tiny_config(reward_fn=f"{slow}:slow", steps=30)
+    first = subprocess.Popen([sys.executable, str(ROOT / "train_ppo.py"), "--config", str(config)], cwd=ROOT,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out = tmp_path / "run"
+    deadline = time.time() + 120
+    while not read_metrics(out / "metrics.jsonl") and time.time() < deadline:
+        time.sleep(0.1)
+    second = run_script("--config", config, "--overwrite_output_dir")  # would delete the live run's files
+    assert second.returncode == 2
+    assert second.stderr.strip().splitlines()[-1] == (
+        f"error: output_dir '{out}' is in use by another run that is still going: wait for it to end, stop it, or "
+        "choose another output_dir")
+    assert read_metrics(out / "metrics.jsonl")[0]["step"] == 1  # the live run's files are untouched
+    first.kill()
+    first.wait()
+    third = run_script("--config", config, "--overwrite_output_dir", "--steps", "1", "--reward_fn", "vader")
+    assert third.returncode == 0, third.stderr  # the killed run's lock went with it
+    assert len(read_metrics(out / "metrics.jsonl")) == 1
