@@ -38,7 +38,7 @@ from trl.core import LengthSampler
 from trl.trainer.utils import disable_dropout_in_model
 
 from plot import plot_run
-from checkpoints import find_checkpoint, list_checkpoints, load_checkpoint_state, save_checkpoint
+from checkpoints import find_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 from data import batch_indices, fit_prompts, load_texts, read_eval_prompts
 from errors import RunError, together
 from evaluation import evaluate, write_eval_report
@@ -131,6 +131,10 @@ def check_settings(args: ScriptArguments, config: PPOConfig, model_args: ModelCo
     if config.log_with == "tensorboard" and not importlib.util.find_spec("tensorboard"):
         raise RunError("log_with: tensorboard needs the tensorboard package: pip install tensorboard")
     check_hub(args.hub_model_id)
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        raise RunError("DeepSpeed is not supported by this script's checkpoints (ZeRO shards the optimizer state, so "
+                       "a resume would not be exact): launch with DDP (configs/accelerate/multi_gpu.yaml), with "
+                       "use_peft for large models")
     if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
         raise RunError(f"output_dir '{args.output_dir}' is a file, not a directory: choose another output_dir")
     changed = {k: getattr(args, k) for k, v in HONEST_SAMPLING.items() if getattr(args, k) != v}
@@ -218,6 +222,7 @@ def main(argv: list[str]) -> None:
     # what trackers show as the run's model, data and reward (PPOConfig's own fields are TRL's example's)
     config.model_name, config.query_dataset, config.reward_model = \
         model_args.model_name_or_path, args.dataset_name, args.reward_fn
+    set_seed(config.seed)  # before any model is built: a fresh value head's initial weights come from this seed
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))  # `accelerate launch --cpu`, or set by hand
     disable_progress_bars()  # datasets' bars for filter/map; the PPO bar is the one to watch
     output_dir = Path(args.output_dir)
@@ -292,9 +297,8 @@ def main(argv: list[str]) -> None:
     accelerator = trainer.accelerator
 
     start_step = 0
-    if checkpoint:
-        saved = load_checkpoint_state(checkpoint, trainer.optimizer)
-        start_step, trainer.kl_ctl.value = saved["step"], saved["kl_coef"]
+    if checkpoint:  # optimizer, beta, TRL's step counter, score moments and this process's RNGs
+        start_step = load_checkpoint(checkpoint, trainer, accelerator)["step"]
         if state.is_main_process:
             truncate_metrics(metrics_path, start_step)
             print(f"resumed from {checkpoint} at step {start_step} (beta={trainer.kl_ctl.value:.4f})", file=sys.stderr)
@@ -314,12 +318,8 @@ def main(argv: list[str]) -> None:
     signal.signal(signal.SIGTERM, request_stop)
 
     def checkpoint_now(step: int) -> Path:
-        accelerator.wait_for_everyone()
-        if state.is_main_process:
-            save_checkpoint(args.output_dir, step, accelerator.unwrap_model(trainer.model), tokenizer,
-                            trainer.optimizer, float(trainer.kl_ctl.value), args.save_total_limit, settings)
-        accelerator.wait_for_everyone()
-        return output_dir / f"checkpoint-{step}"
+        return save_checkpoint(accelerator, trainer, tokenizer, args.output_dir, step, args.save_total_limit,
+                               settings)
 
     # ---- The PPO loop
     response_length = LengthSampler(args.response_min_tokens, args.response_max_tokens + 1)
@@ -399,7 +399,6 @@ def main(argv: list[str]) -> None:
         if step % args.save_steps == 0 or step == config.steps:
             checkpoint_now(step)
     progress.close()
-    accelerator.end_training()  # closes log_with's tracker
 
     # ---- Save: the tuned policy with its value head (safetensors) and the tokenizer, loadable both ways
     accelerator.wait_for_everyone()
@@ -430,6 +429,7 @@ def main(argv: list[str]) -> None:
             print(f"merged model (base + adapters): {output_dir / 'merged'}", file=sys.stderr)
         if args.hub_model_id:
             print(f"pushed to the hub: {push_to_hub(output_dir, args.hub_model_id)}", file=sys.stderr)
+    accelerator.end_training()  # closes log_with's tracker (and the process group)
 
 
 if __name__ == "__main__":

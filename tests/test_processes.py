@@ -4,6 +4,8 @@ stop signal on one process ends both at the same step."""
 import signal
 import time
 
+import pytest
+
 from transformers import AutoModelForCausalLM
 
 from checkpoints import list_checkpoints
@@ -76,10 +78,12 @@ def test_an_error_on_one_process_ends_both_with_one_line(tiny_config, tmp_path):
     assert [p.name for p in list_checkpoints(out)] == ["checkpoint-1"]
 
 
-def test_sigterm_to_one_process_checkpoints_once_and_both_stop(tiny_config, tmp_path):
+def test_sigterm_to_one_process_checkpoints_once_and_the_resume_is_exact(tiny_config, tmp_path):
+    """SIGTERM to rank 1 only: both processes checkpoint the same step and stop; the resumed run then logs the same
+    rows as an uninterrupted run with the same seed (per-process RNG states, optimizer, beta, TRL's step counter)."""
     (tmp_path / "rewards.py").write_text(REWARDS)
     config = tiny_config(reward_fn=f"{tmp_path / 'rewards.py'}:words", reward_kwargs={"out": str(tmp_path)},
-                         batch_size=8, mini_batch_size=4, steps=40, save_steps=100)
+                         batch_size=8, mini_batch_size=4, steps=8, save_steps=100)
     out = tmp_path / "run"
 
     def terminate_rank_1(procs):
@@ -91,13 +95,23 @@ def test_sigterm_to_one_process_checkpoints_once_and_both_stop(tiny_config, tmp_
     codes, stderr = run_two(config, on_start=terminate_rank_1)
     assert codes == [128 + signal.SIGTERM] * 2, stderr
     step = max(r["step"] for r in read_metrics(out / "metrics.jsonl"))
-    assert step < 40
+    assert step < 8
     last = stderr[0].strip().splitlines()[-1]
     assert last.startswith(f"error: stopped by SIGTERM after step {step}; checkpoint saved to "
                            f"{out}/checkpoint-{step}; resume with: ")
     assert not any(line.startswith("error:") for line in stderr[1].splitlines())
     assert [p.name for p in list_checkpoints(out)] == [f"checkpoint-{step}"]
+    assert sorted(p.name for p in (out / f"checkpoint-{step}").glob("rng-*.pt")) == ["rng-0.pt", "rng-1.pt"]
 
-    codes, stderr = run_two(config, "--steps", str(step + 2), "--resume_from_checkpoint", "latest")
+    codes, stderr = run_two(config, "--resume_from_checkpoint", "latest")
     assert codes == [0, 0], stderr
-    assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == list(range(1, step + 3))
+    resumed = read_metrics(out / "metrics.jsonl")
+    assert [r["step"] for r in resumed] == list(range(1, 9))
+
+    codes, stderr = run_two(config, "--output_dir", tmp_path / "uninterrupted")
+    assert codes == [0, 0], stderr
+    uninterrupted = read_metrics(tmp_path / "uninterrupted" / "metrics.jsonl")
+    for a, b in zip(resumed[step:], uninterrupted[step:]):  # the rows after the resume point
+        for key in ["env/reward_mean", "env/reward_std", "objective/kl", "objective/kl_coef", "ppo/loss/total",
+                    "ppo/policy/approxkl", "tokens/responses_len_mean"]:
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), (a["step"], key)
