@@ -1,4 +1,5 @@
-"""Checkpoints: OUTPUT_DIR/checkpoint-N, written to a temporary name and renamed, so a directory named\ncheckpoint-N is always complete."""
+"""Checkpoints: OUTPUT_DIR/checkpoint-N, written to a temporary name and renamed, so a directory named
+checkpoint-N is always complete."""
 
 import json
 import os

@@ -83,7 +83,8 @@ def check_resume_settings(settings: dict, checkpoint: Path) -> None:
     if not saved_path.is_file():
         return
     saved = yaml.safe_load(saved_path.read_text()) or {}
-    changed = [f"{k}: {saved[k]!r} -> {settings[k]!r}" for k in SHAPE_SETTINGS if k in saved and saved[k] != settings[k]]
+    changed = [f"{k}: {saved[k]!r} -> {settings[k]!r}" for k in SHAPE_SETTINGS
+               if k in saved and saved[k] != settings[k]]
     if changed:
         raise RunError(f"cannot resume from {checkpoint}: these settings differ from its run_config.yaml and change "
                        f"the model or optimizer shape ({'; '.join(changed)}); set them back, or start a new run "

@@ -108,7 +108,7 @@ def test_reward_model_tool_on_a_tiny_subset(snippets, tmp_path):
 
 
 def test_sentiment_config_runs_on_tiny_stand_ins(tiny, tmp_path):
-    """configs/smollm2_sentiment.yaml as shipped, with the tiny policy, classifier and data in place of the real ones."""
+    """configs/smollm2_sentiment.yaml as shipped, with tiny stand-ins for the policy, classifier and data."""
     from conftest import run_script
     from metrics import read_metrics
 

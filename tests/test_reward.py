@@ -60,7 +60,8 @@ def test_load_reward_fn_errors(spec, message):
 
 
 def test_unknown_reward_lists_the_available_ones():
-    with pytest.raises(RunError, match=r"available: \['keyword', 'sentiment_classifier', 'sentiment_positive', 'vader'\]$"):
+    available = r"available: \['keyword', 'sentiment_classifier', 'sentiment_positive', 'vader'\]$"
+    with pytest.raises(RunError, match=available):
         load_reward_fn("no_such_reward")
 
 
