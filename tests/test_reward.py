@@ -28,7 +28,9 @@ def test_sentiment_classifier_one_float_per_text(tiny):
     assert reward.sentiment_classifier(prompts[:1], responses[:1], model=tiny["classifier"]) == \
         pytest.approx(scores[:1], rel=1e-4)
     # the pipeline is loaded once per (model, device, dtype), not per call
-    assert reward._text_classifier.cache_info().currsize == 1
+    loaded = reward._text_classifier.cache_info().currsize
+    reward.sentiment_classifier(prompts, responses, model=tiny["classifier"])
+    assert reward._text_classifier.cache_info().currsize == loaded
 
 
 def test_sentiment_classifier_unknown_label(tiny):
