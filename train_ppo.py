@@ -321,6 +321,11 @@ def main(argv: list[str]) -> None:
         return save_checkpoint(accelerator, trainer, tokenizer, args.output_dir, step, args.save_total_limit,
                                settings)
 
+    def diverged(step: int, what: str) -> RunError:
+        last = list_checkpoints(args.output_dir)
+        return RunError(f"step {step}: {what}; training diverged (lower learning_rate, or set score_clip / "
+                        f"use_score_scaling); last good checkpoint: {last[-1] if last else 'none'}", code=1)
+
     # ---- The PPO loop
     response_length = LengthSampler(args.response_min_tokens, args.response_max_tokens + 1)
     generation_kwargs = {k: getattr(args, k) for k in HONEST_SAMPLING} | {
@@ -339,8 +344,13 @@ def main(argv: list[str]) -> None:
             # 1. Generate: the whole batch left-padded per generate() call. Each response is cut to its own
             #    sampled length; the first n tokens of a longer sample are exactly a sample of n tokens.
             t0 = time.perf_counter()
-            responses = trainer.generate(queries, batch_size=args.generation_batch_size, return_prompt=False,
-                                         **generation_kwargs)
+            try:
+                responses = trainer.generate(queries, batch_size=args.generation_batch_size, return_prompt=False,
+                                             **generation_kwargs)
+            except RuntimeError as e:  # torch.multinomial on inf/NaN probabilities: the weights blew up
+                if "probability tensor" not in str(e):
+                    raise
+                raise diverged(step, "sampling found inf/NaN probabilities") from None
             responses = [r[: response_length()] for r in responses]
             response_texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
 
@@ -373,10 +383,7 @@ def main(argv: list[str]) -> None:
         if not bad and not math.isfinite(torch.nn.utils.get_total_norm(trainable).item()):
             bad = ["the policy's weights are no longer finite"]  # the next generate() would sample from NaN
         if bad:
-            last = list_checkpoints(args.output_dir)
-            raise RunError(f"step {step}: {bad[0]}; training diverged (lower learning_rate, "
-                           f"or set score_clip / use_score_scaling); last good checkpoint: "
-                           f"{last[-1] if last else 'none'}", code=1)
+            raise diverged(step, bad[0])
         samples = {"prompt": batch["query"], "response": response_texts, "reward": scores} \
             if args.sample_every and step % args.sample_every == 0 else None
         if config.log_with:

@@ -135,3 +135,23 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint(slow_config
     assert last.endswith(f"last good checkpoint: {out}/checkpoint-2")
     assert (out / "checkpoint-2" / "model.safetensors").read_bytes() == before
     assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [1, 2]
+
+
+def test_weights_blown_up_stop_the_run_in_one_line(slow_config, tmp_path):
+    """A learning rate so large the weights overflow: the run stops as diverged (exit 1, one line), not with a
+    traceback from torch.multinomial in the next generate()."""
+    result = run_script("--config", slow_config, "--learning_rate", "1e30", "--steps", "3")
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: step ") and "training diverged" in last, last
+
+
+def test_deepspeed_is_refused_at_start_up(tiny_config, tmp_path, monkeypatch):
+    import train_ppo
+    from errors import RunError
+
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    with pytest.raises(RunError, match="^DeepSpeed is not supported by this script's checkpoints"):
+        train_ppo.main(["--config", str(tiny_config())])
+    assert not (tmp_path / "run").exists()
