@@ -23,13 +23,16 @@ def _text_classifier(model: str, device: int, torch_dtype: str):
     return pipeline("text-classification", model=model, device=device, dtype=dtype)
 
 
-def _label_logits(prompts, responses, model, batch_size, torch_dtype) -> list[dict[str, float]]:
-    """Raw logit of every label of a text classifier, on prompt + response."""
+def _label_logits(prompts, responses, model, positive_label, batch_size, torch_dtype) -> list[dict[str, float]]:
+    """Raw logit of every label of a text classifier, on prompt + response; positive_label must be one of them."""
     device = torch.cuda.current_device() if torch.cuda.is_available() else -1
     classify = _text_classifier(model, device, torch_dtype)
     texts = [p + r for p, r in zip(prompts, responses)]
     outputs = classify(texts, top_k=None, function_to_apply="none", batch_size=batch_size, truncation=True)
-    return [{o["label"]: o["score"] for o in out} for out in outputs]
+    logits = [{o["label"]: o["score"] for o in out} for out in outputs]
+    if logits and positive_label not in logits[0]:
+        raise ValueError(f"label {positive_label!r} is not one of the classifier's labels {sorted(logits[0])}")
+    return logits
 
 
 def sentiment_classifier(
@@ -46,9 +49,7 @@ def sentiment_classifier(
     Range: unbounded logit; for lvwerra/distilbert-imdb roughly -3 (negative review) to +3 (positive).
     Runs on the current GPU when there is one; `model` is a hub id or a local directory.
     """
-    logits = _label_logits(prompts, responses, model, batch_size, torch_dtype)
-    if logits and positive_label not in logits[0]:
-        raise ValueError(f"label {positive_label!r} is not one of the classifier's labels {sorted(logits[0])}")
+    logits = _label_logits(prompts, responses, model, positive_label, batch_size, torch_dtype)
     return [out[positive_label] for out in logits]
 
 
@@ -66,9 +67,7 @@ def sentiment_positive(
 
     Range: 0 or 1.
     """
-    logits = _label_logits(prompts, responses, model, batch_size, torch_dtype)
-    if logits and positive_label not in logits[0]:
-        raise ValueError(f"label {positive_label!r} is not one of the classifier's labels {sorted(logits[0])}")
+    logits = _label_logits(prompts, responses, model, positive_label, batch_size, torch_dtype)
     return [float(max(out, key=out.get) == positive_label) for out in logits]
 
 

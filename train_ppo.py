@@ -116,6 +116,10 @@ class CheckedPPOConfig(PPOConfig):
         check_values(self)
         super().__post_init__()
 
+    def to_dict(self):  # what PPOTrainer hands the tracker as the run's config: no field this script ignores
+        shown = {"model_name", "query_dataset", "reward_model"}  # filled in from the run's own settings
+        return {k: v for k, v in super().to_dict().items() if k not in set(UNUSED_FIELDS) - shown}
+
 
 # Generation settings under which the responses are samples of the policy itself; PPOTrainer computes
 # log-probabilities from the raw logits, so any other setting makes KL(policy || ref) estimates biased.

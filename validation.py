@@ -1,4 +1,6 @@
-"""Settings: TRL's parser, with its errors turned into one sentence that names the setting."""
+"""What a valid setting is, declared once and checked before anything is loaded or written: TRL's parser with its
+errors turned into one sentence that names the setting, the --config file read first, types, ranges
+(RANGES), and the PPOConfig/ModelConfig fields this script does not use."""
 
 import argparse
 import dataclasses
@@ -69,11 +71,11 @@ def check_values(obj) -> None:
     check_types(obj)
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         if f.name in RANGES and value is not None and not in_range(value, RANGES[f.name]):
-            default = f.default if f.default is not dataclasses.MISSING else None
             raise RunError(f"setting '{f.name}' must be in {RANGES[f.name]}, got {value!r}; set it within that "
                            f"range (default: {default!r})")
-        if f.name in UNUSED_FIELDS and f.default is not dataclasses.MISSING and value != f.default:
+        if f.name in UNUSED_FIELDS and value != default:
             instead = UNUSED_FIELDS[f.name]
             raise RunError(f"setting '{f.name}' is a {type(obj).__mro__[1].__name__} field this script does not use: "
                            + (f"set '{instead}' instead" if instead else "remove it"))

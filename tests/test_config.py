@@ -87,3 +87,11 @@ def test_run_config_records_what_the_run_used(tiny_config, tmp_path):
     assert saved["reward_fn"] == "vader" and saved["steps"] == 1
     args, config, model_args = parse("--config", tmp_path / "run" / "run_config.yaml")
     assert model_args.model_name_or_path == saved["model_name_or_path"] and config.steps == 1
+
+
+def test_tracker_config_has_no_ignored_fields():
+    """PPOTrainer logs config.to_dict() to the tracker: the ignored PPOConfig fields are not in it."""
+    args, config, model_args = parse("--model_name_or_path", "some/model")
+    shown = config.to_dict()
+    assert "remove_unused_columns" not in shown and "forward_batch_size" not in shown and "compare_steps" not in shown
+    assert shown["learning_rate"] == config.learning_rate and "model_name" in shown
