@@ -265,7 +265,7 @@ def main(argv: list[str]) -> None:
                            f"{args.prompt_max_tokens + args.response_max_tokens} exceeds the model's context of "
                            f"{context} tokens; lower one of them")
         if eval_prompts and context:
-            eval_prompts = fit_prompts(eval_prompts, tokenizer, context - args.response_max_tokens - 8)
+            eval_prompts = fit_prompts(eval_prompts, tokenizer, max(1, context - args.response_max_tokens - 8))
         policy = load_model(str(checkpoint or model_args.model_name_or_path), "model_name_or_path", args, model_args,
                             model_args.use_peft)
         if model_args.use_peft:  # PPOTrainer then scores the reference as the policy with its adapters disabled
