@@ -89,12 +89,13 @@ def batches(trainer, dataset, steps: int):
         yield batch, [torch.tensor(ids, device=trainer.accelerator.device) for ids in batch["input_ids"]]
 
 
-def timed_steps(paths, steps: int, device: str, generate) -> list[dict]:
+def timed_steps(paths, steps: int, device: str, generate, score_batch: int = 16) -> list[dict]:
     """The generate -> score -> step loop of TRL's own examples, timed per phase. `generate(trainer, tokenizer,
-    queries)` returns (responses, reference responses or None); rewards come from the pipeline with batch 16."""
+    queries)` returns (responses, reference responses or None); rewards come from the pipeline with batch
+    `score_batch` (16 in TRL's example and notebook)."""
     trainer, tokenizer, dataset = make_trainer(paths, device)
     score = lambda prompts, texts: reward.sentiment_classifier(  # noqa: E731
-        prompts, texts, model=paths["classifier"], batch_size=16)
+        prompts, texts, model=paths["classifier"], batch_size=score_batch)
     times = []
     for batch, queries in batches(trainer, dataset, steps):
         t0 = time.perf_counter()
@@ -120,6 +121,13 @@ def trl_example_generate(trainer, tokenizer, queries):
     plus a reference response for every prompt."""
     return trainer.generate(queries, length_sampler=RESPONSE_LENGTH, return_prompt=False,
                             generate_ref_response=True, pad_token_id=tokenizer.eos_token_id, **GENERATION)
+
+
+def careful_trl_generate(trainer, tokenizer, queries):
+    """What a careful TRL user writes: TRL's example with the whole batch per generate call
+    (`batch_size=128`) and no reference responses; scored with pipeline batch 128."""
+    return trainer.generate(queries, batch_size=len(queries), length_sampler=RESPONSE_LENGTH, return_prompt=False,
+                            pad_token_id=tokenizer.eos_token_id, **GENERATION), None
 
 
 def notebook_generate(trainer, tokenizer, queries):
@@ -192,10 +200,12 @@ def main():
                summarise("TRL example script", timed_steps(paths, steps, opts.device, trl_example_generate),
                          opts.warmup),
                summarise("TRL notebook", timed_steps(paths, opts.warmup + (opts.notebook_steps or opts.steps),
-                                                     opts.device, notebook_generate), opts.warmup)]
+                                                     opts.device, notebook_generate), opts.warmup),
+               summarise("careful TRL loop (generate batch 128, no ref. responses)",
+                         timed_steps(paths, steps, opts.device, careful_trl_generate, score_batch=128), opts.warmup)]
     bare = bare_limits(paths, opts.device)
 
-    ours, example, notebook = results
+    ours, example, notebook, careful = results
     device = torch.cuda.get_device_name() if opts.device == "cuda" else f"CPU ({os.cpu_count()} cores)"
     import transformers
     import trl
@@ -212,6 +222,7 @@ def main():
     lines += ["",
               f"- ours / TRL example: **{ours['episodes_per_s'] / example['episodes_per_s']:.2f}x** episodes/s",
               f"- ours / notebook: **{ours['episodes_per_s'] / notebook['episodes_per_s']:.2f}x** episodes/s",
+              f"- ours / careful TRL loop: **{ours['episodes_per_s'] / careful['episodes_per_s']:.2f}x** episodes/s",
               f"- ours' generation / bare `generate` of the same batch: "
               f"{ours['generate_s'] / bare['generate']:.2f}x ({ours['generate_s']:.2f} s vs {bare['generate']:.2f} s)",
               f"- ours' PPO step / bare forward+backward x{SETTINGS['ppo_epochs']} + reference forward: "
