@@ -8,6 +8,7 @@ import warnings
 from pathlib import Path
 
 import torch
+from datasets import Value, load_dataset
 
 from errors import RunError
 
@@ -25,8 +26,6 @@ def batch_indices(num_rows: int, batch_size: int, step: int, seed: int, rank: in
 def load_texts(dataset_name: str, split: str, text_column: str, min_length: int):
     """The texts prompts are cut from: local .json/.jsonl/.csv/.txt file(s) (comma-separated) or a hub dataset.
     Every way loading can fail ends in one sentence naming the setting."""
-    from datasets import Value, load_dataset
-
     files = dataset_name.split(",")
     local = Path(files[0]).suffix in {".json", ".jsonl", ".csv", ".txt"}
     if local:

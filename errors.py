@@ -3,7 +3,7 @@
 A RunError is printed as one line (`error: ...`) and the script exits with its code. In a multi-process run
 (accelerate launch) each process works on its own slice of the batch, so a reward function can fail, or a SIGTERM
 can arrive, on one process only; the others would then wait forever in the next collective operation. Phases that
-can fail that way end with `shared_outcome`, which every process calls: the first error, and any stop signal,
+can fail that way run inside `together`, which every process enters: the first error, and any stop signal,
 reach all of them, so all stop at the same step.
 """
 
@@ -21,20 +21,6 @@ class RunError(Exception):
         self.code = code
 
 
-def shared_outcome(state, failure: RunError | None, stop_signal: int = 0) -> int:
-    """Call on every process after a phase: raise the first process's error on all of them, else return the
-    stop signal any process received (0 if none)."""
-    if state.num_processes > 1:
-        outcomes = gather_object([(str(failure) if failure else None, failure.code if failure else 0, stop_signal)])
-        failed = [(message, code) for message, code, _ in outcomes if message is not None]
-        if failed:
-            failure = RunError(*failed[0])
-        stop_signal = max(signal for *_, signal in outcomes)
-    if failure:
-        raise failure
-    return stop_signal
-
-
 @contextmanager
 def together(state, received_signals: list = ()):
     """Run a phase on every process; a RunError in it on any process is raised on all of them (the first one's
@@ -46,4 +32,12 @@ def together(state, received_signals: list = ()):
         yield outcome
     except RunError as e:
         failure = e
-    outcome.stop_signal = shared_outcome(state, failure, received_signals[0] if received_signals else 0)
+    signum = received_signals[0] if received_signals else 0
+    if state.num_processes > 1:  # one gather per phase: (message, code, signal) from every process
+        outcomes = gather_object([(str(failure) if failure else None, failure.code if failure else 0, signum)])
+        failed = [(message, code) for message, code, _ in outcomes if message is not None]
+        failure = RunError(*failed[0]) if failed else None
+        signum = max(s for *_, s in outcomes)
+    if failure:
+        raise failure
+    outcome.stop_signal = signum

@@ -34,7 +34,7 @@ def evaluate(trainer, tokenizer, prompts: list[str], scorers: dict, reward_kwarg
         torch.manual_seed(seed)
         with context():
             generated = trainer._generate_batched(model, queries, batch_size=batch_size, return_prompt=False,
-                                                  **generation_kwargs | {"max_new_tokens": high})
+                                                  **generation_kwargs)
         samples[name] = [r[:n] for r, n in zip(generated, lengths)]
         texts = tokenizer.batch_decode(samples[name], skip_special_tokens=True)
         report[name] = {"responses": texts}

@@ -31,7 +31,7 @@ def log_to_trackers(accelerator, row: dict, samples: dict | None = None) -> None
     samples (columns -> values) as text for tensorboard or a table for wandb. Main process only, as accelerate logs."""
     step = row["step"]
     accelerator.log({k: v for k, v in row.items() if k != "step"}, step=step)
-    for tracker in accelerator.trackers if accelerator.is_main_process else []:
+    for tracker in accelerator.trackers:  # accelerate creates them on the main process only
         if samples and tracker.name == "tensorboard":
             header = "| " + " | ".join(samples) + " |\n|" + "---|" * len(samples) + "\n"
             rows = ["| " + " | ".join(f"{c:+.3f}" if isinstance(c, float) else str(c).replace("|", "\\|")

@@ -135,7 +135,7 @@ def check_settings(args: ScriptArguments, config: PPOConfig, model_args: ModelCo
     if config.log_with == "tensorboard" and not importlib.util.find_spec("tensorboard"):
         raise RunError("log_with: tensorboard needs the tensorboard package: pip install tensorboard")
     check_hub(args.hub_model_id)
-    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+    if parse_flag_from_env("ACCELERATE_USE_DEEPSPEED"):
         raise RunError("DeepSpeed is not supported by this script's checkpoints (ZeRO shards the optimizer state, so "
                        "a resume would not be exact): launch with DDP (configs/accelerate/multi_gpu.yaml), with "
                        "use_peft for large models")
@@ -265,6 +265,7 @@ def main(argv: list[str]) -> None:
                            f"{args.prompt_max_tokens + args.response_max_tokens} exceeds the model's context of "
                            f"{context} tokens; lower one of them")
         if eval_prompts and context:
+            # room for the response, and a margin for text that re-tokenizes a little longer after the cut
             eval_prompts = fit_prompts(eval_prompts, tokenizer, max(1, context - args.response_max_tokens - 8))
         policy = load_model(str(checkpoint or model_args.model_name_or_path), "model_name_or_path", args, model_args,
                             model_args.use_peft)
@@ -273,9 +274,9 @@ def main(argv: list[str]) -> None:
             if os.path.isdir(model_args.model_name_or_path):  # the saved adapter names its base wherever it is loaded
                 policy.pretrained_model.peft_config["default"].base_model_name_or_path = \
                     str(Path(model_args.model_name_or_path).resolve())
-            trainable = sum(p.numel() for p in policy.parameters() if p.requires_grad)
+            n_trainable = sum(p.numel() for p in policy.parameters() if p.requires_grad)
             if state.is_main_process:
-                print(f"LoRA: training {trainable:,} of {sum(p.numel() for p in policy.parameters()):,} parameters",
+                print(f"LoRA: training {n_trainable:,} of {sum(p.numel() for p in policy.parameters()):,} parameters",
                       file=sys.stderr)
         else:
             reference = load_model(args.ref_model_name_or_path or model_args.model_name_or_path,
