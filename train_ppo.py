@@ -450,4 +450,6 @@ if __name__ == "__main__":
     except RunError as e:
         if int(os.environ.get("RANK", "0")) == 0:  # every process has the same error (errors.together): say it once
             print(f"error: {e}", file=sys.stderr)
+        if torch.distributed.is_initialized():  # gloo's threads, still running at interpreter exit, abort the process
+            torch.distributed.destroy_process_group()
         sys.exit(e.code)
