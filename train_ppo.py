@@ -35,7 +35,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_N
 from trl import AutoModelForCausalLMWithValueHead, ModelConfig, PPOConfig, PPOTrainer, get_peft_config, set_seed
 from trl.commands.cli_utils import TrlParser
 from trl.core import LengthSampler
-from trl.trainer.utils import disable_dropout_in_model
+from trl.trainer.utils import AdaptiveKLController, disable_dropout_in_model
 
 from plot import plot_run
 from checkpoints import find_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
@@ -96,6 +96,11 @@ class ScriptArguments:
         default_factory=list, metadata={"help": "Judges for the evaluation: reward functions the policy never trained "
                                         "on, called with reward_kwargs (e.g. vader sentiment_positive)."})
 
+    # KL control (the rest is PPOConfig's: adap_kl_ctrl, init_kl_coef, target, horizon)
+    min_kl_coef: Optional[float] = field(
+        default=None, metadata={"help": "With adap_kl_ctrl, beta never goes below this (at most init_kl_coef); "
+                                "None = TRL's controller unchanged."})
+
     def __post_init__(self):
         check_values(self)  # types and validation.RANGES, before anything is loaded
 
@@ -121,6 +126,21 @@ class CheckedPPOConfig(PPOConfig):
         return {k: v for k, v in super().to_dict().items() if k not in set(UNUSED_FIELDS) - shown}
 
 
+class FlooredKLController(AdaptiveKLController):
+    """TRL's adaptive KL controller (beta *= 1 + clip(KL / target - 1, -0.2, 0.2) * episodes / horizon), with beta
+    kept at or above `floor`. While the policy first moves away from the reference its KL is below the target, so
+    TRL's rule lowers beta step after step; by the time KL reaches the target beta is a fraction of its start and
+    the KL overshoots while beta climbs back. The floor ends that wind-down."""
+
+    def __init__(self, init_kl_coef: float, target: float, horizon: float, floor: float):
+        super().__init__(init_kl_coef, target, horizon)
+        self.floor = floor
+
+    def update(self, current, n_steps):
+        super().update(current, n_steps)
+        self.value = max(self.value, self.floor)
+
+
 # Generation settings under which the responses are samples of the policy itself; PPOTrainer computes
 # log-probabilities from the raw logits, so any other setting makes KL(policy || ref) estimates biased.
 HONEST_SAMPLING = {"do_sample": True, "top_k": 0, "top_p": 1.0, "temperature": 1.0, "min_length": -1}
@@ -135,6 +155,9 @@ def check_settings(args: ScriptArguments, config: PPOConfig, model_args: ModelCo
     if config.log_with == "tensorboard" and not importlib.util.find_spec("tensorboard"):
         raise RunError("log_with: tensorboard needs the tensorboard package: pip install tensorboard")
     check_hub(args.hub_model_id)
+    if args.min_kl_coef is not None and args.min_kl_coef > config.init_kl_coef:
+        raise RunError(f"min_kl_coef ({args.min_kl_coef}) is above init_kl_coef ({config.init_kl_coef}): beta starts at "
+                       "init_kl_coef, so set min_kl_coef to at most that")
     if parse_flag_from_env("ACCELERATE_USE_DEEPSPEED"):
         raise RunError("DeepSpeed is not supported by this script's checkpoints (ZeRO shards the optimizer state, so "
                        "a resume would not be exact): launch with DDP (configs/accelerate/multi_gpu.yaml), with "
@@ -300,6 +323,8 @@ def main(argv: list[str]) -> None:
         warnings.filterwarnings("ignore", message="No dataset is provided")
         trainer = PPOTrainer(config, policy, reference, tokenizer)
     accelerator = trainer.accelerator
+    if config.adap_kl_ctrl and args.min_kl_coef is not None:
+        trainer.kl_ctl = FlooredKLController(config.init_kl_coef, config.target, config.horizon, args.min_kl_coef)
 
     start_step = 0
     if checkpoint:  # optimizer, beta, TRL's step counter, score moments and this process's RNGs

@@ -39,7 +39,7 @@ RANGES = {
     "prompt_min_tokens": "[1, inf)", "prompt_max_tokens": "[1, inf)", "response_min_tokens": "[1, inf)",
     "response_max_tokens": "[1, inf)", "generation_batch_size": "[1, inf)", "top_k": "[0, inf)", "top_p": "(0, 1]",
     "temperature": "(0, inf)", "min_length": "[-1, inf)", "save_steps": "[1, inf)", "save_total_limit": "[1, inf)",
-    "sample_every": "[0, inf)",
+    "sample_every": "[0, inf)", "min_kl_coef": "[0, inf)",
     # trl.PPOConfig
     "seed": "[0, 4294967295]", "steps": "[1, inf)", "learning_rate": "(0, inf)", "init_kl_coef": "[0, inf)",
     "target": "(0, inf)", "horizon": "(0, inf)", "gamma": "[0, 1]", "lam": "[0, 1]", "cliprange": "(0, inf)",

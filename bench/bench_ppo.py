@@ -7,7 +7,12 @@ prompts 2-8 tokens, responses 4-16 tokens, adaptive KL, reward = reward.sentimen
 locally with random weights (nothing is downloaded): --size gpt2 is GPT-2 small (124M, vocab 50257) + DistilBERT
 base (66M); --size tiny is 2-layer versions of both, for a CPU.
 
+--size smollm2 is the default job itself (configs/smollm2_sentiment.yaml: SmolLM2-135M with LoRA r16, the MiniLM
+reward model, Rotten Tomatoes prompts, batch 32, mini-batch 16, 2 PPO epochs; built by `make train`): ours in fp32
+and with bf16 autocast, against the careful TRL loop and the floors. The TRL example and notebook are left out.
+
     python bench/bench_ppo.py --size tiny                   # CPU, a few minutes
+    python bench/bench_ppo.py --size smollm2 --steps 3      # CPU, the real models, about 5 minutes
     python bench/bench_ppo.py --size gpt2 --device cuda     # one GPU
 """
 
@@ -19,6 +24,7 @@ import sys
 import tempfile
 import time
 import warnings
+from contextlib import nullcontext
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,6 +45,11 @@ from metrics import read_metrics  # noqa: E402
 
 SETTINGS = {"batch_size": 128, "mini_batch_size": 128, "ppo_epochs": 4, "learning_rate": 1.41e-5, "seed": 0,
             "prompt_min_tokens": 2, "prompt_max_tokens": 8, "response_min_tokens": 4, "response_max_tokens": 16}
+# --size smollm2: the default job's PPO settings and LoRA (configs/smollm2_sentiment.yaml)
+SMOLLM2 = {"batch_size": 32, "mini_batch_size": 16, "ppo_epochs": 2, "learning_rate": 3e-4}
+LORA = {"use_peft": True, "lora_r": 16, "lora_alpha": 32}
+REAL = {"policy": ROOT / "models/smollm2-135m", "classifier": ROOT / "models/sentiment-minilm",
+        "data": ROOT / "data/rt_snippets/train.jsonl"}
 GENERATION = {"min_length": -1, "top_k": 0, "top_p": 1.0, "do_sample": True}
 
 
@@ -55,30 +66,32 @@ def peak_gb() -> float:
     return peak
 
 
-def run_ours(paths, steps: int, device: str, out: Path) -> list[dict]:
+def run_ours(paths, steps: int, device: str, out: Path, lora: dict, precision: str = "no") -> list[dict]:
     """train_ppo.py's own main(), on a config with the shared settings; times come from its metrics.jsonl."""
-    config = {**SETTINGS, "model_name_or_path": paths["policy"], "dataset_name": paths["data"],
+    config = {**SETTINGS, **lora, "model_name_or_path": paths["policy"], "dataset_name": paths["data"],
               "min_text_length": 20, "reward_fn": "sentiment_classifier",
               "reward_kwargs": {"model": paths["classifier"], "batch_size": 128}, "steps": steps,
               "output_dir": str(out), "save_steps": 10**6, "sample_every": 0,
-              "accelerator_kwargs": {"cpu": device == "cpu"}}
+              "accelerator_kwargs": {"cpu": device == "cpu", "mixed_precision": precision}}
     (out.parent / "ours.yaml").write_text(yaml.safe_dump(config))
     train_ppo.main(["--config", str(out.parent / "ours.yaml")])
     return [{"generate": r["time/generate"], "score": r["time/score"], "step": r["time/ppo_step"],
              "memory": r.get("memory/peak_gb", float("nan"))} for r in read_metrics(out / "metrics.jsonl")]
 
 
-def make_trainer(paths, device: str):
-    """A fresh PPOTrainer with the shared settings, and the same prompts train_ppo.py uses."""
+def make_trainer(paths, device: str, lora: dict):
+    """A fresh PPOTrainer with the shared settings, and the same prompts train_ppo.py uses; with LoRA the
+    reference is the policy with its adapters off, as in train_ppo.py."""
     set_seed(SETTINGS["seed"])
     args = train_ppo.ScriptArguments(dataset_name=paths["data"], min_text_length=20,
                                      **{k: v for k, v in SETTINGS.items() if "tokens" in k})
-    model_args = train_ppo.CheckedModelConfig(paths["policy"])
+    model_args = train_ppo.CheckedModelConfig(paths["policy"], **lora)
     config = PPOConfig(**{k: v for k, v in SETTINGS.items() if "tokens" not in k},
                        accelerator_kwargs={"cpu": device == "cpu"})
     tokenizer = train_ppo.AutoTokenizer.from_pretrained(paths["policy"])
     tokenizer.pad_token = tokenizer.eos_token
-    policy, reference = (train_ppo.load_model(paths["policy"], "policy", args, model_args) for _ in range(2))
+    policy = train_ppo.load_model(paths["policy"], "policy", args, model_args, peft=bool(lora))
+    reference = None if lora else train_ppo.load_model(paths["policy"], "reference", args, model_args)
     trainer = PPOTrainer(config, policy, reference, tokenizer)
     return trainer, tokenizer, train_ppo.load_prompts(args, tokenizer, SETTINGS["seed"])
 
@@ -89,11 +102,11 @@ def batches(trainer, dataset, steps: int):
         yield batch, [torch.tensor(ids, device=trainer.accelerator.device) for ids in batch["input_ids"]]
 
 
-def timed_steps(paths, steps: int, device: str, generate, score_batch: int = 16) -> list[dict]:
+def timed_steps(paths, steps: int, device: str, lora: dict, generate, score_batch: int = 16) -> list[dict]:
     """The generate -> score -> step loop of TRL's own examples, timed per phase. `generate(trainer, tokenizer,
     queries)` returns (responses, reference responses or None); rewards come from the pipeline with batch
     `score_batch` (16 in TRL's example and notebook)."""
-    trainer, tokenizer, dataset = make_trainer(paths, device)
+    trainer, tokenizer, dataset = make_trainer(paths, device, lora)
     score = lambda prompts, texts: reward.sentiment_classifier(  # noqa: E731
         prompts, texts, model=paths["classifier"], batch_size=score_batch)
     times = []
@@ -125,7 +138,7 @@ def trl_example_generate(trainer, tokenizer, queries):
 
 def careful_trl_generate(trainer, tokenizer, queries):
     """What a careful TRL user writes: TRL's example with the whole batch per generate call
-    (`batch_size=128`) and no reference responses; scored with pipeline batch 128."""
+    (`batch_size=len(queries)`, 128 at TRL's default batch) and no reference responses; pipeline batch 128."""
     return trainer.generate(queries, batch_size=len(queries), length_sampler=RESPONSE_LENGTH, return_prompt=False,
                             pad_token_id=tokenizer.eos_token_id, **GENERATION), None
 
@@ -140,12 +153,15 @@ def notebook_generate(trainer, tokenizer, queries):
     return responses, None
 
 
-def bare_limits(paths, device: str, repeats: int = 3) -> dict:
+def bare_limits(paths, device: str, lora: dict, repeats: int = 3) -> dict:
     """The floor for each phase: one bare generate() of the batch to the longest length, and one bare
-    forward+backward of the same tokens per PPO epoch plus a reference forward."""
-    trainer, tokenizer, dataset = make_trainer(paths, device)
+    forward+backward of the same tokens per PPO epoch plus a reference forward (adapters off with LoRA)."""
+    trainer, tokenizer, dataset = make_trainer(paths, device, lora)
     model = trainer.accelerator.unwrap_model(trainer.model).pretrained_model
-    reference = trainer.accelerator.unwrap_model(trainer.ref_model).pretrained_model
+    if lora:
+        reference, reference_mode = model, model.disable_adapter
+    else:
+        reference, reference_mode = trainer.accelerator.unwrap_model(trainer.ref_model).pretrained_model, nullcontext
     batch, queries = next(batches(trainer, dataset, 1))
     tokenizer.padding_side = "left"
     padded = tokenizer.pad({"input_ids": batch["input_ids"]}, return_tensors="pt").to(trainer.accelerator.device)
@@ -159,7 +175,7 @@ def bare_limits(paths, device: str, repeats: int = 3) -> dict:
         sync()
         t1 = time.perf_counter()
         mask = torch.ones_like(out)
-        with torch.no_grad():
+        with torch.no_grad(), reference_mode():
             reference(input_ids=out, attention_mask=mask)
         for _ in range(SETTINGS["ppo_epochs"]):
             model(input_ids=out, attention_mask=mask).logits.float().log_softmax(-1).mean().backward()
@@ -181,7 +197,7 @@ def summarise(name: str, times: list[dict], warmup: int) -> dict:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", choices=["tiny", "gpt2"], default="tiny")
+    parser.add_argument("--size", choices=["tiny", "gpt2", "smollm2"], default="tiny")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per loop")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
@@ -192,20 +208,35 @@ def main():
         raise SystemExit("error: --device cuda but torch sees no GPU; use --device cpu")
 
     work = Path(tempfile.mkdtemp(prefix="bench_ppo_"))
-    paths = {"policy": str(build_policy(work / "policy", size=opts.size)),
-             "classifier": str(build_classifier(work / "classifier", size="distilbert" if opts.size == "gpt2" else "tiny")),
-             "data": str(write_dataset(work / "reviews.jsonl", n=SETTINGS["batch_size"] * 8))}
     steps = opts.warmup + opts.steps
-    results = [summarise("ours (train_ppo.py)", run_ours(paths, steps, opts.device, work / "ours"), opts.warmup),
-               summarise("TRL example script", timed_steps(paths, steps, opts.device, trl_example_generate),
-                         opts.warmup),
-               summarise("TRL notebook", timed_steps(paths, opts.warmup + (opts.notebook_steps or opts.steps),
-                                                     opts.device, notebook_generate), opts.warmup),
-               summarise("careful TRL loop (generate batch 128, no ref. responses)",
-                         timed_steps(paths, steps, opts.device, careful_trl_generate, score_batch=128), opts.warmup)]
-    bare = bare_limits(paths, opts.device)
+    run = lambda name, times: summarise(name, times, opts.warmup)  # noqa: E731
+    careful_name = "careful TRL loop (generate batch {}, no ref. responses)"
+    if opts.size == "smollm2":
+        missing = [str(p) for p in REAL.values() if not p.exists()]
+        if missing:
+            raise SystemExit(f"error: {', '.join(missing)} missing: `make train` builds them (or the Makefile's "
+                             "model and data targets)")
+        SETTINGS.update(SMOLLM2)
+        paths, lora = {k: str(p) for k, p in REAL.items()}, LORA
+        results = [run("ours (train_ppo.py), fp32", run_ours(paths, steps, opts.device, work / "ours", lora)),
+                   run("ours, bf16 autocast", run_ours(paths, steps, opts.device, work / "bf16", lora, "bf16")),
+                   run(careful_name.format(SETTINGS["batch_size"]),
+                       timed_steps(paths, steps, opts.device, lora, careful_trl_generate, score_batch=128))]
+        ours, bf16, careful = results
+    else:
+        paths, lora = {"policy": str(build_policy(work / "policy", size=opts.size)),
+                       "classifier": str(build_classifier(work / "classifier",
+                                                          size="distilbert" if opts.size == "gpt2" else "tiny")),
+                       "data": str(write_dataset(work / "reviews.jsonl", n=SETTINGS["batch_size"] * 8))}, {}
+        results = [run("ours (train_ppo.py)", run_ours(paths, steps, opts.device, work / "ours", lora)),
+                   run("TRL example script", timed_steps(paths, steps, opts.device, lora, trl_example_generate)),
+                   run("TRL notebook", timed_steps(paths, opts.warmup + (opts.notebook_steps or opts.steps),
+                                                   opts.device, lora, notebook_generate)),
+                   run(careful_name.format(SETTINGS["batch_size"]),
+                       timed_steps(paths, steps, opts.device, lora, careful_trl_generate, score_batch=128))]
+        ours, example, notebook, careful = results
+    bare = bare_limits(paths, opts.device, lora)
 
-    ours, example, notebook, careful = results
     device = torch.cuda.get_device_name() if opts.device == "cuda" else f"CPU ({os.cpu_count()} cores)"
     import transformers
     import trl
@@ -213,21 +244,28 @@ def main():
     lines = [f"### {opts.size} models on {device}", "",
              f"{time.strftime('%Y-%m-%d')}; torch {torch.__version__}, transformers {transformers.__version__}, "
              f"trl {trl.__version__}, python {platform.python_version()}; batch {SETTINGS['batch_size']}, "
-             f"{opts.steps} timed steps after {opts.warmup} warm-up", "",
+             f"mini-batch {SETTINGS['mini_batch_size']}, {SETTINGS['ppo_epochs']} PPO epochs"
+             f"{', LoRA r16' if lora else ''}; {opts.steps} timed steps after {opts.warmup} warm-up", "",
              "| loop | episodes/s | s/step | generate s | score s | PPO step s | peak GB step 5 | peak GB last |",
              "|---|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r['loop']} | {r['episodes_per_s']:.1f} | {r['step_s']:.2f} | {r['generate_s']:.2f} | "
                      f"{r['score_s']:.2f} | {r['ppo_step_s']:.2f} | {r['mem_step5']:.2f} | {r['mem_last']:.2f} |")
-    lines += ["",
-              f"- ours / TRL example: **{ours['episodes_per_s'] / example['episodes_per_s']:.2f}x** episodes/s",
-              f"- ours / notebook: **{ours['episodes_per_s'] / notebook['episodes_per_s']:.2f}x** episodes/s",
-              f"- ours / careful TRL loop: **{ours['episodes_per_s'] / careful['episodes_per_s']:.2f}x** episodes/s",
+    lines += [""]
+    if opts.size != "smollm2":
+        lines += [f"- ours / TRL example: **{ours['episodes_per_s'] / example['episodes_per_s']:.2f}x** episodes/s",
+                  f"- ours / notebook: **{ours['episodes_per_s'] / notebook['episodes_per_s']:.2f}x** episodes/s"]
+    lines += [f"- ours / careful TRL loop: **{ours['episodes_per_s'] / careful['episodes_per_s']:.2f}x** episodes/s",
               f"- ours' generation / bare `generate` of the same batch: "
               f"{ours['generate_s'] / bare['generate']:.2f}x ({ours['generate_s']:.2f} s vs {bare['generate']:.2f} s)",
               f"- ours' PPO step / bare forward+backward x{SETTINGS['ppo_epochs']} + reference forward: "
-              f"{ours['ppo_step_s'] / bare['step']:.2f}x ({ours['ppo_step_s']:.2f} s vs {bare['step']:.2f} s)",
-              f"- one IMDB epoch (194 steps of 128) at ours' speed: {194 * ours['step_s'] / 60:.1f} min"]
+              f"{ours['ppo_step_s'] / bare['step']:.2f}x ({ours['ppo_step_s']:.2f} s vs {bare['step']:.2f} s)"]
+    if opts.size == "smollm2":
+        lines += [f"- bf16 autocast / fp32, seconds: generate {bf16['generate_s'] / ours['generate_s']:.2f}x, "
+                  f"PPO step {bf16['ppo_step_s'] / ours['ppo_step_s']:.2f}x, whole step "
+                  f"{bf16['step_s'] / ours['step_s']:.2f}x"]
+    else:
+        lines.append(f"- one IMDB epoch (194 steps of 128) at ours' speed: {194 * ours['step_s'] / 60:.1f} min")
     if opts.device == "cuda":
         growth = ours["mem_last"] / ours["mem_step5"] - 1 if ours["mem_step5"] else float("nan")
         lines.append(f"- ours' peak memory, last step vs step 5: {growth * 100:+.1f}%")

@@ -69,6 +69,9 @@ CASES = [
     ("unused-ppo-field", {}, ["--query_dataset", "imdb"],
      "setting 'query_dataset' is a PPOConfig field this script does not use: set 'dataset_name' instead"),
     ("batch-not-multiple", {}, ["--batch_size", "12"], "batch_size must be a multiple of mini_batch_size"),
+    ("min-kl-coef-above-init", {}, ["--init_kl_coef", "0.1", "--min_kl_coef", "0.3"],
+     "min_kl_coef (0.3) is above init_kl_coef (0.1)"),
+    ("min-kl-coef-negative", {}, ["--min_kl_coef", "-1"], "setting 'min_kl_coef' must be in [0, inf)"),
     # data
     ("data-empty-jsonl", {"d.jsonl": ""}, ["--dataset_name", "{tmp}/d.jsonl"],
      "dataset_name '{tmp}/d.jsonl' could not"),
