@@ -33,6 +33,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 warnings.filterwarnings("ignore")
 
 import torch  # noqa: E402
+from accelerate.state import AcceleratorState  # noqa: E402
 import yaml  # noqa: E402
 from trl import PPOConfig, PPOTrainer, set_seed  # noqa: E402
 from trl.core import LengthSampler  # noqa: E402
@@ -66,8 +67,14 @@ def peak_gb() -> float:
     return peak
 
 
+def fresh_accelerator_state():
+    """accelerate keeps one AcceleratorState per process; each loop (fp32 or bf16) starts from a clean one."""
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
 def run_ours(paths, steps: int, device: str, out: Path, lora: dict, precision: str = "no") -> list[dict]:
     """train_ppo.py's own main(), on a config with the shared settings; times come from its metrics.jsonl."""
+    fresh_accelerator_state()
     config = {**SETTINGS, **lora, "model_name_or_path": paths["policy"], "dataset_name": paths["data"],
               "min_text_length": 20, "reward_fn": "sentiment_classifier",
               "reward_kwargs": {"model": paths["classifier"], "batch_size": 128}, "steps": steps,
@@ -82,6 +89,7 @@ def run_ours(paths, steps: int, device: str, out: Path, lora: dict, precision: s
 def make_trainer(paths, device: str, lora: dict):
     """A fresh PPOTrainer with the shared settings, and the same prompts train_ppo.py uses; with LoRA the
     reference is the policy with its adapters off, as in train_ppo.py."""
+    fresh_accelerator_state()
     set_seed(SETTINGS["seed"])
     args = train_ppo.ScriptArguments(dataset_name=paths["data"], min_text_length=20,
                                      **{k: v for k, v in SETTINGS.items() if "tokens" in k})
