@@ -59,7 +59,7 @@ def test_beta_follows_the_kl_on_a_tiny_run(tiny_config, tmp_path, side):
             assert following == pytest.approx(max(beta * (1 - MAX_STEP), floor))
     if side == "above":
         assert sum(r["objective/kl"] > 1.2e-3 for r in rows[:-1]) >= 5  # the policy moved: the rule was exercised
-        assert betas[-1] > init * (1 + MAX_STEP) ** 4
+        assert betas[-1] > init * (1 + MAX_STEP) ** 2  # net: clearly up
     else:
         assert betas[4] == pytest.approx(init * (1 - MAX_STEP) ** 4) and betas[-1] == pytest.approx(max(
             floor, init * (1 - MAX_STEP) ** 9))
