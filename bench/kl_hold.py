@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import yaml
+from trl import PPOConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -68,7 +69,8 @@ def main():
     settings = yaml.safe_load(Path(args.config).read_text())
     if "--target" in extra:  # a target given on the command line is the one the table compares against
         settings["target"] = float(extra[extra.index("--target") + 1])
-    base, target = int(settings["steps"]), float(settings["target"])
+    target = float(settings.get("target", PPOConfig.__dataclass_fields__["target"].default))  # TRL's default: 6
+    base = int(settings["steps"])
     table = []
     for seed in args.seeds:
         out = Path(args.out) / f"seed-{seed}"
