@@ -155,6 +155,9 @@ def check_settings(args: ScriptArguments, config: PPOConfig, model_args: ModelCo
     if config.log_with == "tensorboard" and not importlib.util.find_spec("tensorboard"):
         raise RunError("log_with: tensorboard needs the tensorboard package: pip install tensorboard")
     check_hub(args.hub_model_id)
+    if args.min_kl_coef is not None and not config.adap_kl_ctrl:
+        raise RunError("min_kl_coef is a floor for the adaptive KL controller, but adap_kl_ctrl is false (beta stays "
+                       "at init_kl_coef): set adap_kl_ctrl: true, or remove min_kl_coef")
     if args.min_kl_coef is not None and args.min_kl_coef > config.init_kl_coef:
         raise RunError(f"min_kl_coef ({args.min_kl_coef}) is above init_kl_coef ({config.init_kl_coef}): beta starts at "
                        "init_kl_coef, so set min_kl_coef to at most that")
@@ -323,7 +326,7 @@ def main(argv: list[str]) -> None:
         warnings.filterwarnings("ignore", message="No dataset is provided")
         trainer = PPOTrainer(config, policy, reference, tokenizer)
     accelerator = trainer.accelerator
-    if config.adap_kl_ctrl and args.min_kl_coef is not None:
+    if args.min_kl_coef is not None:  # check_settings: only with adap_kl_ctrl
         trainer.kl_ctl = FlooredKLController(config.init_kl_coef, config.target, config.horizon, args.min_kl_coef)
 
     start_step = 0

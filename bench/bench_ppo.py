@@ -218,7 +218,6 @@ def main():
     work = Path(tempfile.mkdtemp(prefix="bench_ppo_"))
     steps = opts.warmup + opts.steps
     run = lambda name, times: summarise(name, times, opts.warmup)  # noqa: E731
-    careful_name = "careful TRL loop (generate batch {}, no ref. responses)"
     if opts.size == "smollm2":
         missing = [str(p) for p in REAL.values() if not p.exists()]
         if missing:
@@ -227,10 +226,8 @@ def main():
         SETTINGS.update(SMOLLM2)
         paths, lora = {k: str(p) for k, p in REAL.items()}, LORA
         results = [run("ours (train_ppo.py), fp32", run_ours(paths, steps, opts.device, work / "ours", lora)),
-                   run("ours, bf16 autocast", run_ours(paths, steps, opts.device, work / "bf16", lora, "bf16")),
-                   run(careful_name.format(SETTINGS["batch_size"]),
-                       timed_steps(paths, steps, opts.device, lora, careful_trl_generate, score_batch=128))]
-        ours, bf16, careful = results
+                   run("ours, bf16 autocast", run_ours(paths, steps, opts.device, work / "bf16", lora, "bf16"))]
+        ours, bf16 = results
     else:
         paths, lora = {"policy": str(build_policy(work / "policy", size=opts.size)),
                        "classifier": str(build_classifier(work / "classifier",
@@ -239,10 +236,11 @@ def main():
         results = [run("ours (train_ppo.py)", run_ours(paths, steps, opts.device, work / "ours", lora)),
                    run("TRL example script", timed_steps(paths, steps, opts.device, lora, trl_example_generate)),
                    run("TRL notebook", timed_steps(paths, opts.warmup + (opts.notebook_steps or opts.steps),
-                                                   opts.device, lora, notebook_generate)),
-                   run(careful_name.format(SETTINGS["batch_size"]),
-                       timed_steps(paths, steps, opts.device, lora, careful_trl_generate, score_batch=128))]
-        ours, example, notebook, careful = results
+                                                   opts.device, lora, notebook_generate))]
+        ours, example, notebook = results
+    careful = run(f"careful TRL loop (generate batch {SETTINGS['batch_size']}, no ref. responses)",
+                  timed_steps(paths, steps, opts.device, lora, careful_trl_generate, score_batch=128))
+    results.append(careful)
     bare = bare_limits(paths, opts.device, lora)
 
     device = torch.cuda.get_device_name() if opts.device == "cuda" else f"CPU ({os.cpu_count()} cores)"

@@ -20,13 +20,14 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
-from trl import PPOConfig
+from trl.commands.cli_utils import TrlParser
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from metrics import read_metrics  # noqa: E402
+from train_ppo import CheckedModelConfig, CheckedPPOConfig, ScriptArguments  # noqa: E402
+from validation import parse_config  # noqa: E402
 
 
 def stage(config, seed, steps, out, extra, resume):
@@ -66,11 +67,10 @@ def main():
     args = parser.parse_args(argv)
     if "--steps" in extra:
         parser.error("the runs take 1x, 2x, 3x the config's steps: set steps in the config, not after --")
-    settings = yaml.safe_load(Path(args.config).read_text())
-    if "--target" in extra:  # a target given on the command line is the one the table compares against
-        settings["target"] = float(extra[extra.index("--target") + 1])
-    target = float(settings.get("target", PPOConfig.__dataclass_fields__["target"].default))  # TRL's default: 6
-    base = int(settings["steps"])
+    # the run's own settings, parsed (and checked) as train_ppo.py parses them: config file, then ARGS
+    _, config, _ = parse_config(TrlParser((ScriptArguments, CheckedPPOConfig, CheckedModelConfig)),
+                                ["--config", args.config, *extra])
+    base, target = config.steps, config.target
     table = []
     for seed in args.seeds:
         out = Path(args.out) / f"seed-{seed}"

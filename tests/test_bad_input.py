@@ -72,6 +72,8 @@ CASES = [
     ("min-kl-coef-above-init", {}, ["--init_kl_coef", "0.1", "--min_kl_coef", "0.3"],
      "min_kl_coef (0.3) is above init_kl_coef (0.1)"),
     ("min-kl-coef-negative", {}, ["--min_kl_coef", "-1"], "setting 'min_kl_coef' must be in [0, inf)"),
+    ("min-kl-coef-fixed-beta", {}, ["--adap_kl_ctrl", "false", "--min_kl_coef", "0.1"],
+     "min_kl_coef is a floor for the adaptive KL controller, but adap_kl_ctrl is false"),
     # data
     ("data-empty-jsonl", {"d.jsonl": ""}, ["--dataset_name", "{tmp}/d.jsonl"],
      "dataset_name '{tmp}/d.jsonl' could not"),
