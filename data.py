@@ -28,6 +28,9 @@ def load_texts(dataset_name: str, split: str, text_column: str, min_length: int)
     Every way loading can fail ends in one sentence naming the setting."""
     files = dataset_name.split(",")
     local = Path(files[0]).suffix in {".json", ".jsonl", ".csv", ".txt"}
+    if local and split != "train":  # datasets reads local files as one split named train
+        raise RunError(f"dataset_split '{split}' is for hub datasets; local files are read as one split, 'train': "
+                       "leave dataset_split unset and point dataset_name to the file(s) to use")
     if local:
         for f in files:
             if os.path.isdir(f):

@@ -34,7 +34,13 @@ def lock_output_dir(output_dir: str) -> int:
     path = Path(output_dir).resolve()
     if str(path) in _held:
         return _held[str(path)]
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # read-only file system, no permission, a file on the way
+        raise RunError(f"output_dir '{output_dir}' cannot be created ({e.strerror}): choose a directory you can "
+                       "write to") from None
+    if not os.access(path, os.W_OK):
+        raise RunError(f"output_dir '{output_dir}' is not writable: choose a directory you can write to")
     fd = os.open(path, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

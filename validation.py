@@ -5,6 +5,7 @@ errors turned into one sentence that names the setting, the --config file read f
 import argparse
 import dataclasses
 import difflib
+import inspect
 import json
 import os
 import re
@@ -13,6 +14,8 @@ import typing
 from pathlib import Path
 
 import yaml
+from accelerate import Accelerator
+from accelerate.utils import DynamoBackend, PrecisionType, ProjectConfiguration, is_fp8_available
 
 from errors import RunError
 
@@ -179,3 +182,43 @@ def check_types(*dataclass_objects) -> None:
                 isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
             ):
                 raise RunError(f"setting '{f.name}' must be a {kind.__name__}, got {value!r}")
+
+
+# Accelerator arguments that PPOTrainer sets itself from other settings
+ACCELERATOR_SET_BY = {"log_with": "log_with", "gradient_accumulation_steps": "gradient_accumulation_steps",
+                      "project_config": "project_kwargs"}
+
+
+def check_accelerate_kwargs(config) -> None:
+    """PPOConfig's accelerator_kwargs, project_kwargs and tracker_kwargs go to accelerate (Accelerator,
+    ProjectConfiguration, init_trackers) inside PPOTrainer, after output_dir is in use: check them against accelerate's
+    own signatures first, so a typo ends in one line before anything is written."""
+    accepted = set(inspect.signature(Accelerator).parameters) - set(ACCELERATOR_SET_BY)
+    for key, value in config.accelerator_kwargs.items():
+        if key in ACCELERATOR_SET_BY:
+            raise RunError(f"accelerator_kwargs: '{key}' is set from the setting '{ACCELERATOR_SET_BY[key]}'; "
+                           f"set that instead")
+        if key not in accepted:
+            close = difflib.get_close_matches(key, accepted, n=1)
+            raise RunError(f"accelerator_kwargs: '{key}' is not an argument of accelerate's Accelerator"
+                           + (f"; did you mean '{close[0]}'?" if close else f" (one of {sorted(accepted)})"))
+    precision = config.accelerator_kwargs.get("mixed_precision")
+    if precision is not None and precision not in PrecisionType.list():
+        raise RunError(f"accelerator_kwargs: mixed_precision must be one of {PrecisionType.list()}, got {precision!r}")
+    if precision == "fp8" and not is_fp8_available():
+        raise RunError("accelerator_kwargs: mixed_precision 'fp8' needs transformer_engine or MS-AMP installed (and a "
+                       "GPU that has fp8): use bf16, or install one of them")
+    backends = [b.value.lower() for b in DynamoBackend]
+    backend = config.accelerator_kwargs.get("dynamo_backend")
+    if backend is not None and str(backend).lower() not in backends:
+        raise RunError(f"accelerator_kwargs: dynamo_backend must be one of {backends}, got {backend!r}")
+    try:
+        ProjectConfiguration(**config.project_kwargs)
+    except TypeError as e:
+        fields = sorted(f.name for f in dataclasses.fields(ProjectConfiguration))
+        raise RunError(f"project_kwargs: {str(e).split('() ')[-1]}; accelerate's ProjectConfiguration takes {fields}"
+                       ) from None
+    for tracker, kwargs in config.tracker_kwargs.items():
+        if not isinstance(kwargs, dict):
+            raise RunError(f"tracker_kwargs: the value of '{tracker}' must be a mapping of that tracker's init "
+                           f"arguments, e.g. {{\"wandb\": {{\"entity\": \"my-team\"}}}}, got {kwargs!r}")

@@ -16,8 +16,9 @@ from conftest import run_script
 from errors import RunError
 from local_models import build_classifier
 
-# (id, files to write {name: text or bytes}, extra argv, start of the expected message). In argv and messages,
-# {tmp} is the case's scratch directory, {out} the finished run's output_dir, {data}/{policy} the tiny dataset/model.
+# (id, files to write {name: text or bytes}, extra argv, start of the expected message). In argv and messages
+# (str.format: JSON braces are doubled), {tmp} is the case's scratch directory, {out} the finished run's output_dir,
+# {data}/{policy} the tiny dataset/model.
 CASES = [
     # config files
     ("yaml-syntax", {"c.yaml": "learning_rate: [1\n"}, ["--config", "{tmp}/c.yaml"],
@@ -108,7 +109,25 @@ CASES = [
      "model_name_or_path '{tmp}/truncated' could not be loaded (Error while deserializing header"),
     ("lora-missing-modules", {}, ["--use_peft", "true", "--lora_target_modules", "q_proj", "v_proj"],
      "lora_target_modules ['q_proj', 'v_proj'] are not modules of"),
+    ("lora-without-peft", {}, ["--lora_r", "8"], "lora_r is set but use_peft is false"),
+    # settings handed to accelerate inside PPOTrainer, after output_dir is in use: checked before
+    ("accelerator-unknown", {}, ["--accelerator_kwargs", '{{"mixed_precison": "bf16"}}'],
+     "accelerator_kwargs: 'mixed_precison' is not an argument of accelerate's Accelerator; did you mean "
+     "'mixed_precision'?"),
+    ("accelerator-precision", {}, ["--accelerator_kwargs", '{{"mixed_precision": "bf8"}}'],
+     "accelerator_kwargs: mixed_precision must be one of ['no', 'fp8', 'fp16', 'bf16'], got 'bf8'"),
+    ("accelerator-set-by-setting", {}, ["--accelerator_kwargs", '{{"gradient_accumulation_steps": 2}}'],
+     "accelerator_kwargs: 'gradient_accumulation_steps' is set from the setting 'gradient_accumulation_steps'"),
+    ("accelerator-dynamo", {}, ["--accelerator_kwargs", '{{"dynamo_backend": "fast"}}'],
+     "accelerator_kwargs: dynamo_backend must be one of"),
+    ("project-kwargs-unknown", {}, ["--project_kwargs", '{{"logdir": "x"}}'],
+     "project_kwargs: got an unexpected keyword argument 'logdir'"),
+    ("tracker-kwargs-not-mapping", {}, ["--tracker_kwargs", '{{"wandb": 3}}'],
+     "tracker_kwargs: the value of 'wandb' must be a mapping"),
     # paths
+    ("dataset-split-local", {}, ["--dataset_split", "validation"], "dataset_split 'validation' is for hub datasets"),
+    ("output-dir-not-creatable", {}, ["--output_dir", "/proc/ppo-run"],
+     "output_dir '/proc/ppo-run' cannot be created"),
     ("output-dir-is-file", {"file_out": "x"}, ["--output_dir", "{tmp}/file_out"],
      "output_dir '{tmp}/file_out' is a file, not a directory"),
     ("reward-not-py", {"reward.txt": "def f(p, r): return []\n"}, ["--reward_fn", "{tmp}/reward.txt:f"],
