@@ -11,6 +11,7 @@ Models are loaded once per process (functools.cache), not per call.
 """
 
 import functools
+import os
 
 import torch
 
@@ -19,6 +20,8 @@ import torch
 def _text_classifier(model: str, device: int, torch_dtype: str):
     from transformers import pipeline
 
+    if model.startswith(("/", ".", "~")) and not os.path.isdir(model):  # a path, not a hub id like org/name
+        raise ValueError(f"reward_kwargs model: directory '{model}' not found; point it to a saved classifier")
     dtype = None if torch_dtype == "auto" else getattr(torch, torch_dtype)
     return pipeline("text-classification", model=model, device=device, dtype=dtype)
 

@@ -320,6 +320,11 @@ def main(argv: list[str]) -> None:
         if len(dataset) < config.batch_size * state.num_processes:
             raise RunError(f"the dataset has {len(dataset)} prompts, fewer than one batch "
                            f"(batch_size {config.batch_size} x {state.num_processes} processes); lower batch_size")
+        # The reward function and the judges, called once on two prompts (as their own responses): a wrong model
+        # path or label fails here, before anything is written, and their models are loaded once for the run
+        probe = dataset[:2]["query"]
+        for fn in [reward_fn, *judges.values()]:
+            compute_rewards(fn, probe, probe, args.reward_kwargs)
         if state.is_main_process:  # one live run per output_dir; held until this process ends
             lock_output_dir(args.output_dir)
 

@@ -12,7 +12,8 @@ from checkpoints import list_checkpoints
 from conftest import launch
 from metrics import read_metrics
 
-# Each process records its pid; `fails_on_rank_1` raises on rank 1's second batch only (its own slice of step 2).
+# Each process records its pid and counts its calls: the first is the start-up check (two dataset prompts), then one
+# per step; `fails_on_rank_1` raises on rank 1's third call only (its own slice of step 2).
 REWARDS = '''
 import os
 from pathlib import Path
@@ -31,7 +32,7 @@ def words(prompts, responses, out="", **kwargs):
 
 def fails_on_rank_1(prompts, responses, out="", **kwargs):
     rank, n = _call(out)
-    if rank == "1" and n == 2:
+    if rank == "1" and n == 3:
         raise ValueError("rank 1 cannot score this")
     return [float(len(r.split())) for r in responses]
 '''
@@ -55,7 +56,7 @@ def test_two_processes_split_the_batch_and_one_writes(tiny_config, tmp_path):
     rows = read_metrics(out / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2, 3]
     assert all(r["env/episodes"] == 16 for r in rows)  # 8 per process, gathered from both
-    assert (tmp_path / "calls-0").read_text() == (tmp_path / "calls-1").read_text() == "3"
+    assert (tmp_path / "calls-0").read_text() == (tmp_path / "calls-1").read_text() == "4"  # start-up + 3 steps
     assert stderr[0].count("saved the tuned policy") == 1 and "saved the tuned policy" not in stderr[1]
     assert [p.name for p in list_checkpoints(out)] == ["checkpoint-2", "checkpoint-3"]
     assert AutoModelForCausalLM.from_pretrained(out).config.n_layer == 2

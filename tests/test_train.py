@@ -84,7 +84,7 @@ def test_end_to_end_outputs(tiny_config, tmp_path):
 
 @pytest.mark.parametrize("argv, message", [
     (["--learnin_rate", "1e-5"], "error: unknown setting 'learnin_rate': did you mean 'learning_rate'?"),
-    (["--reward_fn", "{bad}:one_too_few"], "error: reward function 'one_too_few' returned 15 values for 16 responses"),
+    (["--reward_fn", "{bad}:one_too_few"], "error: reward function 'one_too_few' returned 1 values for 2 responses"),
     (["--reward_fn", "{bad}:nan_at_3"], "error: reward function 'nan_at_3' returned nan at index 3"),
 ])
 def test_user_errors_exit_2_with_one_line(tiny_config, tmp_path, argv, message):
