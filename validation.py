@@ -111,6 +111,9 @@ def parse_config(parser, argv: list[str]):
         if action.type is dict:
             action.type = JsonDict
     argv = [part for a in argv for part in (a.split("=", 1) if a.startswith("--config=") else [a])]
+    if argv.count("--config") > 1:
+        raise RunError("--config is given more than once: pass one config file, and override its settings on the "
+                       "command line")
     if "--config" in argv:
         path = argv[argv.index("--config") + 1] if argv.index("--config") + 1 < len(argv) else ""
         read_config_file(path)

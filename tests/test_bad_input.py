@@ -35,6 +35,8 @@ CASES = [
     ("yaml-not-utf8", {"c.yaml": b"steps: \xff\xfe\n"}, ["--config", "{tmp}/c.yaml"],
      "config file '{tmp}/c.yaml' is not UTF-8 text"),
     ("yaml-env", {"c.yaml": "env: 3\n"}, ["--config", "{tmp}/c.yaml"], "config file '{tmp}/c.yaml': 'env' must be a"),
+    ("config-twice", {"c.yaml": "steps: 2\n"}, ["--config", "{tmp}/c.yaml", "--config", "{tmp}/c.yaml"],
+     "--config is given more than once"),
     ("yaml-missing", {}, ["--config", "{tmp}/none.yaml"], "config file '{tmp}/none.yaml' not found"),
     ("yaml-unknown", {"c.yaml": "learnin_rate: 1.0e-5\n"}, ["--config", "{tmp}/c.yaml"],
      "unknown setting 'learnin_rate': did you mean 'learning_rate'?"),
