@@ -2,6 +2,7 @@
 stop signal on one process ends both at the same step."""
 
 import signal
+import subprocess
 import time
 
 import pytest
@@ -42,7 +43,14 @@ def run_two(config, *argv, on_start=None, timeout=240):
     procs = launch(2, "--config", config, *argv)
     if on_start:
         on_start(procs)
-    outputs = [p.communicate(timeout=timeout) for p in procs]
+    deadline = time.time() + timeout
+    try:
+        outputs = [p.communicate(timeout=max(1, deadline - time.time())) for p in procs]
+    except subprocess.TimeoutExpired:  # one process hangs: end both, and show what each said
+        for p in procs:
+            p.kill()
+        stderr = [p.communicate()[1] for p in procs]
+        pytest.fail(f"the two processes did not end within {timeout} s; stderr of each: {stderr}")
     return [p.returncode for p in procs], [err for _, err in outputs]
 
 
