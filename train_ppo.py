@@ -10,7 +10,6 @@ computes GAE advantages and runs ppo_epochs of clipped policy/value updates, the
 target (adaptive KL control), (4) we log. Settings: ScriptArguments below plus every field of trl.PPOConfig.
 """
 
-import dataclasses
 import importlib.util
 import json
 import math
@@ -157,11 +156,6 @@ def check_settings(args: ScriptArguments, config: PPOConfig, model_args: ModelCo
         raise RunError("log_with: tensorboard needs the tensorboard package: pip install tensorboard")
     check_hub(args.hub_model_id)
     check_accelerate_kwargs(config)
-    ignored = [f.name for f in dataclasses.fields(ModelConfig) if f.name.startswith(("lora_", "use_rslora"))
-               and getattr(model_args, f.name) != f.default]
-    if ignored and not model_args.use_peft:
-        raise RunError(f"{ignored[0]} is set but use_peft is false, so no LoRA adapters would be trained (all weights "
-                       "would be): set use_peft: true, or remove the lora_* settings")
     if args.min_kl_coef is not None and not config.adap_kl_ctrl:
         raise RunError("min_kl_coef is a floor for the adaptive KL controller, but adap_kl_ctrl is false (beta stays "
                        "at init_kl_coef): set adap_kl_ctrl: true, or remove min_kl_coef")

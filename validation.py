@@ -70,11 +70,15 @@ def in_range(value, interval: str) -> bool:
 
 
 def check_values(obj) -> None:
-    """Types, then RANGES, then unused PPOConfig fields, for one settings dataclass; RunError names the setting."""
+    """Types, then RANGES, unused PPOConfig fields, lora_* without use_peft and min <= max, for one settings
+    dataclass; RunError names the setting."""
     check_types(obj)
+    lora_given = []
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if f.name.startswith(("lora_", "use_rslora")) and value != default:
+            lora_given.append(f.name)
         if f.name in RANGES and value is not None and not in_range(value, RANGES[f.name]):
             raise RunError(f"setting '{f.name}' must be in {RANGES[f.name]}, got {value!r}; set it within that "
                            f"range (default: {default!r})")
@@ -82,6 +86,9 @@ def check_values(obj) -> None:
             instead = UNUSED_FIELDS[f.name]
             raise RunError(f"setting '{f.name}' is a {type(obj).__mro__[1].__name__} field this script does not use: "
                            + (f"set '{instead}' instead" if instead else "remove it"))
+    if lora_given and not getattr(obj, "use_peft", True):
+        raise RunError(f"{lora_given[0]} is set but use_peft is false, so no LoRA adapters would be trained (all "
+                       "weights would be): set use_peft: true, or remove the lora_* settings")
     for low, high in [("prompt_min_tokens", "prompt_max_tokens"), ("response_min_tokens", "response_max_tokens")]:
         if hasattr(obj, low) and getattr(obj, low) > getattr(obj, high):
             raise RunError(f"need {low} <= {high}, got {getattr(obj, low)} and {getattr(obj, high)}; "
@@ -197,7 +204,7 @@ def check_accelerate_kwargs(config) -> None:
     ProjectConfiguration, init_trackers) inside PPOTrainer, after output_dir is in use: check them against accelerate's
     own signatures first, so a typo ends in one line before anything is written."""
     accepted = set(inspect.signature(Accelerator).parameters) - set(ACCELERATOR_SET_BY)
-    for key, value in config.accelerator_kwargs.items():
+    for key in config.accelerator_kwargs:
         if key in ACCELERATOR_SET_BY:
             raise RunError(f"accelerator_kwargs: '{key}' is set from the setting '{ACCELERATOR_SET_BY[key]}'; "
                            f"set that instead")
@@ -224,4 +231,4 @@ def check_accelerate_kwargs(config) -> None:
     for tracker, kwargs in config.tracker_kwargs.items():
         if not isinstance(kwargs, dict):
             raise RunError(f"tracker_kwargs: the value of '{tracker}' must be a mapping of that tracker's init "
-                           f"arguments, e.g. {{\"wandb\": {{\"entity\": \"my-team\"}}}}, got {kwargs!r}")
+                           f"arguments, got {kwargs!r}; e.g. " + '{"wandb": {"entity": "my-team"}}')
