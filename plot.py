@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from metrics import read_metrics
+from ppo_lm.metrics import read_metrics
 
 
 def plot_run(run_dir) -> Path:

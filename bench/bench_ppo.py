@@ -28,7 +28,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 warnings.filterwarnings("ignore")
 
@@ -40,9 +40,11 @@ from trl.core import LengthSampler  # noqa: E402
 
 import reward  # noqa: E402
 import train_ppo  # noqa: E402
-from local_models import build_classifier, build_policy, write_dataset  # noqa: E402
-from data import batch_indices  # noqa: E402
-from metrics import read_metrics  # noqa: E402
+from ppo_lm.models import load_model  # noqa: E402
+from transformers import AutoTokenizer  # noqa: E402
+from ppo_lm.tiny_models import build_classifier, build_policy, write_dataset  # noqa: E402
+from ppo_lm.data import batch_indices  # noqa: E402
+from ppo_lm.metrics import read_metrics  # noqa: E402
 
 SETTINGS = {"batch_size": 128, "mini_batch_size": 128, "ppo_epochs": 4, "learning_rate": 1.41e-5, "seed": 0,
             "prompt_min_tokens": 2, "prompt_max_tokens": 8, "response_min_tokens": 4, "response_max_tokens": 16}
@@ -96,10 +98,10 @@ def make_trainer(paths, device: str, lora: dict):
     model_args = train_ppo.CheckedModelConfig(paths["policy"], **lora)
     config = PPOConfig(**{k: v for k, v in SETTINGS.items() if "tokens" not in k},
                        accelerator_kwargs={"cpu": device == "cpu"})
-    tokenizer = train_ppo.AutoTokenizer.from_pretrained(paths["policy"])
+    tokenizer = AutoTokenizer.from_pretrained(paths["policy"])
     tokenizer.pad_token = tokenizer.eos_token
-    policy = train_ppo.load_model(paths["policy"], "policy", args, model_args, peft=bool(lora))
-    reference = None if lora else train_ppo.load_model(paths["policy"], "reference", args, model_args)
+    policy = load_model(paths["policy"], "policy", model_args, peft=bool(lora))
+    reference = None if lora else load_model(paths["policy"], "reference", model_args)
     trainer = PPOTrainer(config, policy, reference, tokenizer)
     return trainer, tokenizer, train_ppo.load_prompts(args, tokenizer, SETTINGS["seed"])
 

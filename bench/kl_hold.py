@@ -25,9 +25,9 @@ from trl.commands.cli_utils import TrlParser
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from metrics import read_metrics  # noqa: E402
+from ppo_lm.metrics import read_metrics  # noqa: E402
 from train_ppo import CheckedModelConfig, CheckedPPOConfig, ScriptArguments  # noqa: E402
-from validation import parse_config  # noqa: E402
+from ppo_lm.validation import parse_config  # noqa: E402
 
 
 def stage(config, seed, steps, out, extra, resume):

@@ -10,9 +10,9 @@ import yaml
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path.insert(0, str(ROOT))
 
-from local_models import build_classifier, build_policy, write_dataset  # noqa: E402
+from ppo_lm.tiny_models import build_classifier, build_policy, write_dataset  # noqa: E402
 
 
 @pytest.fixture(scope="session")

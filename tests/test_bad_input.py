@@ -11,10 +11,10 @@ import pytest
 import yaml
 
 import train_ppo
-from checkpoints import list_checkpoints
+from ppo_lm.checkpoints import list_checkpoints
 from conftest import run_script
-from errors import RunError
-from local_models import build_classifier
+from ppo_lm.errors import RunError
+from ppo_lm.tiny_models import build_classifier
 
 # (id, files to write {name: text or bytes}, extra argv, start of the expected message). In argv and messages
 # (str.format: JSON braces are doubled), {tmp} is the case's scratch directory, {out} the finished run's output_dir,

@@ -6,11 +6,12 @@ import torch
 from transformers import AutoTokenizer
 from trl import PPOConfig, PPOTrainer
 
-from train_ppo import CheckedModelConfig, ScriptArguments, load_model
+from ppo_lm.models import load_model
+from train_ppo import CheckedModelConfig
 
 
 def test_batched_left_padded_generation_matches_single_sequence_scoring(tiny):
-    policy = load_model(tiny["policy"], "policy", ScriptArguments(), CheckedModelConfig(tiny["policy"]))
+    policy = load_model(tiny["policy"], "policy", CheckedModelConfig(tiny["policy"]))
     tokenizer = AutoTokenizer.from_pretrained(tiny["policy"])
     tokenizer.pad_token = tokenizer.eos_token
     trainer = PPOTrainer(PPOConfig(batch_size=6, mini_batch_size=6), policy, None, tokenizer)

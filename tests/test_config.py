@@ -3,9 +3,9 @@
 import pytest
 from trl.commands.cli_utils import TrlParser
 
-from errors import RunError
+from ppo_lm.errors import RunError
 from train_ppo import CheckedModelConfig, CheckedPPOConfig, ScriptArguments
-from validation import parse_config
+from ppo_lm.validation import parse_config
 
 
 def parse(*argv):

@@ -2,7 +2,7 @@
 
 import json
 
-from evaluation import write_eval_report
+from ppo_lm.evaluation import write_eval_report
 
 
 def report(reward_after, judge_after):

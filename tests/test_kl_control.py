@@ -8,8 +8,8 @@ import yaml
 from trl.trainer.utils import AdaptiveKLController
 
 from conftest import ROOT, run_script
-from metrics import read_metrics
-from train_ppo import FlooredKLController
+from ppo_lm.metrics import read_metrics
+from ppo_lm.kl_control import FlooredKLController
 
 DEFAULT = yaml.safe_load((ROOT / "configs/smollm2_sentiment.yaml").read_text())
 MAX_STEP = 0.2 * DEFAULT["batch_size"] / DEFAULT["horizon"]  # TRL clips the relative error at +-0.2

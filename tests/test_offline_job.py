@@ -27,8 +27,7 @@ def test_prompt_files():
 def test_prompt_file_loads_as_the_config_uses_it():
     from transformers import GPT2TokenizerFast
 
-    sys.path.insert(0, str(ROOT / "tests"))
-    from local_models import gpt2_tokenizer
+    from ppo_lm.tiny_models import gpt2_tokenizer
     from train_ppo import ScriptArguments, load_prompts
 
     args = ScriptArguments(dataset_name=str(ROOT / "data" / "prompts_train.txt"), min_text_length=1,
@@ -110,7 +109,7 @@ def test_reward_model_tool_on_a_tiny_subset(snippets, tmp_path):
 def test_sentiment_config_runs_on_tiny_stand_ins(tiny, tmp_path):
     """configs/smollm2_sentiment.yaml as shipped, with tiny stand-ins for the policy, classifier and data."""
     from conftest import run_script
-    from metrics import read_metrics
+    from ppo_lm.metrics import read_metrics
 
     held_out = tmp_path / "heldout_prompts.txt"
     held_out.write_text("The film was\nThis movie is\n")

@@ -9,9 +9,9 @@ import pytest
 
 from transformers import AutoModelForCausalLM
 
-from checkpoints import list_checkpoints
+from ppo_lm.checkpoints import list_checkpoints
 from conftest import launch
-from metrics import read_metrics
+from ppo_lm.metrics import read_metrics
 
 # Each process records its pid and counts its calls: the first is the start-up check (two dataset prompts), then one
 # per step; `fails_on_rank_1` raises on rank 1's third call only (its own slice of step 2).

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from conftest import ROOT, run_script
-from checkpoints import find_checkpoint, list_checkpoints
-from metrics import read_metrics
+from ppo_lm.checkpoints import find_checkpoint, list_checkpoints
+from ppo_lm.metrics import read_metrics
 
 SLOW_REWARD = '''
 import time
@@ -149,7 +149,7 @@ def test_weights_blown_up_stop_the_run_in_one_line(slow_config, tmp_path):
 
 def test_deepspeed_is_refused_at_start_up(tiny_config, tmp_path, monkeypatch):
     import train_ppo
-    from errors import RunError
+    from ppo_lm.errors import RunError
 
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
     with pytest.raises(RunError, match="^DeepSpeed is not supported by this script's checkpoints"):

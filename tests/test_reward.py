@@ -5,8 +5,8 @@ import math
 import pytest
 
 import reward
-from reward_contract import compute_rewards, load_reward_fn
-from errors import RunError
+from ppo_lm.reward_contract import compute_rewards, load_reward_fn
+from ppo_lm.errors import RunError
 
 POSITIVE = "What a wonderful, beautiful and moving film. I loved every minute!"
 NEGATIVE = "A terrible, boring and ugly mess. I hated every minute."

@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import AutoModelForCausalLMWithValueHead
 
 from conftest import run_script
-from metrics import read_metrics
+from ppo_lm.metrics import read_metrics
 
 BAD_REWARDS = '''
 def one_too_few(prompts, responses, **kwargs):
@@ -133,10 +133,11 @@ def test_lora_reference_is_the_base_model_with_adapters_off(tiny):
     adapters, which gives exactly the base model's logits even after the adapters have moved."""
     from trl import PPOConfig, PPOTrainer
 
-    from train_ppo import CheckedModelConfig, ScriptArguments, load_model
+    from ppo_lm.models import load_model
+    from train_ppo import CheckedModelConfig
 
     model_args = CheckedModelConfig(tiny["policy"], use_peft=True, lora_r=4)
-    policy = load_model(tiny["policy"], "model_name_or_path", ScriptArguments(), model_args, peft=True)
+    policy = load_model(tiny["policy"], "model_name_or_path", model_args, peft=True)
     tokenizer = AutoTokenizer.from_pretrained(tiny["policy"])
     trainer = PPOTrainer(PPOConfig(batch_size=4, mini_batch_size=4), policy, None, tokenizer)
     assert trainer.ref_model is None and trainer.is_peft_model
@@ -160,7 +161,7 @@ def test_lora_reference_is_the_base_model_with_adapters_off(tiny):
 def test_llama_lora_config_on_a_tiny_llama(tiny, tmp_path):
     """configs/llama_lora.yaml as shipped (bf16, LoRA on q/k/v/o, merged save), pointed at a tiny local Llama."""
     from conftest import ROOT
-    from local_models import build_llama
+    from ppo_lm.tiny_models import build_llama
 
     llama = build_llama(tmp_path / "llama")
     result = run_script("--config", ROOT / "configs" / "llama_lora.yaml", "--model_name_or_path", llama,

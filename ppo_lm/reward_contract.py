@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from errors import RunError
+from ppo_lm.errors import RunError
 
 
 def load_reward_fn(spec: str, setting: str = "reward_fn"):

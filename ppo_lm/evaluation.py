@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from reward_contract import compute_rewards
+from ppo_lm.reward_contract import compute_rewards
 
 
 def evaluate(trainer, tokenizer, prompts: list[str], scorers: dict, reward_kwargs: dict, generation_kwargs: dict,

@@ -5,19 +5,22 @@ errors turned into one sentence that names the setting, the --config file read f
 import argparse
 import dataclasses
 import difflib
+import importlib.util
 import inspect
 import json
 import os
 import re
 import sys
 import typing
+import warnings
 from pathlib import Path
 
 import yaml
 from accelerate import Accelerator
-from accelerate.utils import DynamoBackend, PrecisionType, ProjectConfiguration, is_fp8_available
+from accelerate.utils import DynamoBackend, PrecisionType, ProjectConfiguration, is_fp8_available, parse_flag_from_env
 
-from errors import RunError
+from ppo_lm.errors import RunError
+from ppo_lm.hub import check_hub
 
 
 class JsonDict(dict):
@@ -232,3 +235,37 @@ def check_accelerate_kwargs(config) -> None:
         if not isinstance(kwargs, dict):
             raise RunError(f"tracker_kwargs: the value of '{tracker}' must be a mapping of that tracker's init "
                            f"arguments, got {kwargs!r}; e.g. " + '{"wandb": {"entity": "my-team"}}')
+
+
+# Generation settings under which the responses are samples of the policy itself; PPOTrainer computes
+# log-probabilities from the raw logits, so any other setting makes KL(policy || ref) estimates biased.
+HONEST_SAMPLING = {"do_sample": True, "top_k": 0, "top_p": 1.0, "temperature": 1.0, "min_length": -1}
+DERIVED_PPO_FIELDS = {"world_size", "backward_batch_size", "global_backward_batch_size", "global_batch_size",
+                      "is_encoder_decoder", "is_peft_model"}
+
+
+def check_settings(args, config, model_args) -> None:
+    """Settings that point at files or packages, checked before anything is loaded or written."""
+    if not model_args.model_name_or_path:
+        raise RunError("setting 'model_name_or_path' is required: a hub id (gpt2) or a local model directory")
+    if config.log_with == "tensorboard" and not importlib.util.find_spec("tensorboard"):
+        raise RunError("log_with: tensorboard needs the tensorboard package: pip install tensorboard")
+    check_hub(args.hub_model_id)
+    check_accelerate_kwargs(config)
+    if args.min_kl_coef is not None and not config.adap_kl_ctrl:
+        raise RunError("min_kl_coef is a floor for the adaptive KL controller, but adap_kl_ctrl is false (beta stays "
+                       "at init_kl_coef): set adap_kl_ctrl: true, or remove min_kl_coef")
+    if args.min_kl_coef is not None and args.min_kl_coef > config.init_kl_coef:
+        raise RunError(f"min_kl_coef ({args.min_kl_coef}) is above init_kl_coef ({config.init_kl_coef}): beta starts at "
+                       "init_kl_coef, so set min_kl_coef to at most that")
+    if parse_flag_from_env("ACCELERATE_USE_DEEPSPEED"):
+        raise RunError("DeepSpeed is not supported by this script's checkpoints (ZeRO shards the optimizer state, so "
+                       "a resume would not be exact): launch with DDP (configs/accelerate/multi_gpu.yaml), with "
+                       "use_peft for large models")
+    if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
+        raise RunError(f"output_dir '{args.output_dir}' is a file, not a directory: choose another output_dir")
+    changed = {k: getattr(args, k) for k, v in HONEST_SAMPLING.items() if getattr(args, k) != v}
+    if changed:
+        warnings.warn(f"generation settings {changed} sample from a distribution other than the policy's, "
+                      f"while PPO scores tokens under the policy itself: expect biased, even negative, KL. "
+                      f"Use {HONEST_SAMPLING} unless you know why not.")

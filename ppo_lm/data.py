@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from datasets import Value, load_dataset
 
-from errors import RunError
+from ppo_lm.errors import RunError
 
 
 def batch_indices(num_rows: int, batch_size: int, step: int, seed: int, rank: int = 0, world_size: int = 1):

@@ -1,0 +1,181 @@
+"""Checkpoints: OUTPUT_DIR/checkpoint-N, written to a temporary name and renamed, so a directory named
+checkpoint-N is always complete."""
+
+import json
+import os
+import random
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from transformers.trainer_utils import get_last_checkpoint
+
+from ppo_lm.errors import RunError
+from ppo_lm.stopping import together
+
+
+CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")  # transformers' Trainer convention: OUTPUT_DIR/checkpoint-N
+
+
+def list_checkpoints(output_dir: str) -> list[Path]:
+    """Complete checkpoints (trainer_state.json, written last, is there), oldest first."""
+    root = Path(output_dir)
+    found = [p for p in root.iterdir() if CHECKPOINT_DIR.match(p.name) and (p / "trainer_state.json").is_file()] \
+        if root.is_dir() else []
+    return sorted(found, key=lambda p: int(CHECKPOINT_DIR.match(p.name).group(1)))
+
+
+def find_checkpoint(output_dir: str, spec: str) -> Path:
+    """`latest`/`true`: the newest checkpoint in output_dir (transformers' get_last_checkpoint; one a kill left
+    incomplete is passed over); anything else: a checkpoint directory."""
+    if spec.lower() in ("latest", "true"):
+        last = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+        if last and not Path(last, "trainer_state.json").is_file():
+            complete = list_checkpoints(output_dir)
+            last = complete[-1] if complete else None
+        if not last:
+            raise RunError(f"resume_from_checkpoint={spec}: no checkpoint-N in '{output_dir}'; check output_dir or "
+                           "start without --resume_from_checkpoint")
+        return check_complete(Path(last))
+    path = Path(spec)
+    if not (path / "trainer_state.json").is_file():
+        raise RunError(f"resume_from_checkpoint '{spec}' is not a checkpoint directory (no trainer_state.json); "
+                       "pass 'latest' or an OUTPUT_DIR/checkpoint-N directory")
+    return check_complete(path)
+
+
+# What every checkpoint holds besides the tokenizer; the weights are one of WEIGHTS
+NEEDED = ["trainer_state.json", "optimizer.pt", "rng-0.pt"]
+WEIGHTS = ["model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors"]
+
+
+def check_complete(path: Path) -> Path:
+    """A checkpoint with a file deleted or lost (trainer_state.json is written last, so a kill mid-write never
+    leaves this) is named with what is missing, before anything is loaded or written."""
+    missing = [name for name in NEEDED if not (path / name).is_file()]
+    if not any((path / name).is_file() for name in WEIGHTS):
+        missing.append("model weights (model.safetensors or adapter_model.safetensors)")
+    if missing:
+        raise RunError(f"checkpoint {path} is incomplete: {', '.join(missing)} missing; resume from another "
+                       f"checkpoint-N in {path.parent} (pass its path to --resume_from_checkpoint), or start a new run")
+    return path
+
+
+def write_failed(what: str, path, e: Exception, code: int = 1) -> RunError:
+    reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return RunError(f"could not write {what} to {path} ({type(e).__name__}: {reason}): free disk space (or fix the "
+                    "permissions) there, then resume with --resume_from_checkpoint latest", code=code)
+
+
+def save_checkpoint(accelerator, trainer, tokenizer, output_dir: str, step: int, save_total_limit: int,
+                    settings: dict) -> Path:
+    """Called on every process. The main process writes the policy with its value head, the tokenizer, the optimizer
+    state, the run's settings and trainer_state.json (step, the KL coefficient, TRL's step counter, the running
+    score moments of use_score_scaling); every process writes its own RNG states (rng-RANK.pt), so a resumed
+    multi-process run samples exactly as an uninterrupted one. Keeps the newest `save_total_limit`. A failed write
+    (a full disk) removes the partial checkpoint-N.tmp, keeps the earlier checkpoints and ends the run on every
+    process with one line."""
+    final, tmp = Path(output_dir, f"checkpoint-{step}"), Path(output_dir, f"checkpoint-{step}.tmp")
+    with together(accelerator.state):
+        try:
+            if accelerator.is_main_process:
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir(parents=True)
+        except OSError as e:
+            raise write_failed(f"checkpoint {step}", tmp, e) from None
+    try:
+        with together(accelerator.state):  # each process's files; the first failure reaches all of them
+            try:
+                python_rng, numpy_rng = random.getstate(), np.random.get_state()
+                torch.save({"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all()
+                            if torch.cuda.is_available() else [], "python": [python_rng[0], list(python_rng[1]),
+                                                                            python_rng[2]],
+                            "numpy": [numpy_rng[0], numpy_rng[1].tolist(), *numpy_rng[2:]]},
+                           tmp / f"rng-{accelerator.process_index}.pt")
+                if accelerator.is_main_process:
+                    accelerator.unwrap_model(trainer.model).save_pretrained(tmp, safe_serialization=True)
+                    tokenizer.save_pretrained(tmp)
+                    torch.save(trainer.optimizer.state_dict(), tmp / "optimizer.pt")
+                    (tmp / "run_config.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
+            except (OSError, RuntimeError) as e:  # torch's serializer raises RuntimeError on a full disk
+                raise write_failed(f"checkpoint {step}", tmp, e) from None
+        with together(accelerator.state):  # every process's RNG file is in: mark it complete, rename, prune
+            if accelerator.is_main_process:
+                moments = {k: float(getattr(trainer.running, k)) for k in ("mean", "std", "var", "count")}
+                state = {"step": step, "kl_coef": float(trainer.kl_ctl.value), "trl_current_step": trainer.current_step,
+                         "score_moments": moments, "num_processes": accelerator.num_processes}
+                try:
+                    (tmp / "trainer_state.json").write_text(json.dumps(state))  # last: its presence marks completeness
+                    shutil.rmtree(final, ignore_errors=True)
+                    tmp.rename(final)
+                except OSError as e:
+                    raise write_failed(f"checkpoint {step}", tmp, e) from None
+                for old in list_checkpoints(output_dir)[:-save_total_limit]:
+                    shutil.rmtree(old, ignore_errors=True)
+    except RunError:
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def save_policy(accelerator, trainer, tokenizer, output_dir: str) -> None:
+    """The tuned policy with its value head (safetensors; a LoRA policy: its adapters, and the value head as
+    pytorch_model.bin) and the tokenizer, in output_dir. Main process; every process waits for it."""
+    with together(accelerator.state):
+        if accelerator.is_main_process:
+            try:
+                accelerator.unwrap_model(trainer.model).save_pretrained(output_dir, safe_serialization=True)
+                tokenizer.save_pretrained(output_dir)
+            except (OSError, RuntimeError) as e:
+                last = list_checkpoints(output_dir)
+                raise RunError(f"could not write the tuned policy to {output_dir} ({type(e).__name__}: "
+                               f"{(str(e).strip().splitlines() or [''])[0]}); the last checkpoint, "
+                               f"{last[-1] if last else 'none'}, holds it: free disk space, then load it from there",
+                               code=1) from None
+            print(f"saved the tuned policy, metrics.jsonl and run_config.yaml to {output_dir}", file=sys.stderr)
+
+
+def load_checkpoint(path: Path, trainer, accelerator) -> dict:
+    """Restore what save_checkpoint saved into the trainer and this process's RNGs; return trainer_state.json.
+    A damaged file (torn, not plain tensors, not JSON) ends in one line that names it."""
+    state = read_checkpoint_file(path / "trainer_state.json", lambda f: json.loads(f.read_text()))
+    optimizer_state = read_checkpoint_file(path / "optimizer.pt", torch_load)
+    try:
+        trainer.optimizer.load_state_dict(optimizer_state)
+    except (ValueError, KeyError, RuntimeError) as e:
+        raise RunError(f"resume_from_checkpoint '{path}': its optimizer state does not fit this model "
+                       f"({str(e).splitlines()[0]}); resume with the model and LoRA settings it was saved with"
+                       ) from None
+    trainer.kl_ctl.value = state["kl_coef"]
+    trainer.current_step = state["trl_current_step"]
+    for k, v in state["score_moments"].items():
+        setattr(trainer.running, k, v)
+    rank_file = path / f"rng-{accelerator.process_index}.pt"
+    rng = read_checkpoint_file(rank_file if rank_file.is_file() else path / "rng-0.pt", torch_load)
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    version, keys, gauss = rng["python"]
+    random.setstate((version, tuple(keys), gauss))
+    kind, keys, *rest = rng["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), *rest))
+    return state
+
+
+def torch_load(path: Path):
+    return torch.load(path, weights_only=True, map_location="cpu")  # plain tensors only: no code runs on load
+
+
+def read_checkpoint_file(path: Path, read):
+    try:
+        return read(path)
+    except Exception as e:  # UnpicklingError (not plain tensors), a torn zip, bad JSON, ...
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise RunError(f"checkpoint file {path} cannot be read ({type(e).__name__}: {reason[:200]}): it is damaged "
+                       f"or was not written by train_ppo.py; resume from another checkpoint-N in {path.parent.parent}"
+                       ", or start a new run") from None

@@ -1,0 +1,86 @@
+"""Metrics: one JSON object per PPO step in OUTPUT_DIR/metrics.jsonl, the same figures to the trackers, and tables
+of samples."""
+
+import json
+import numbers
+import sys
+from pathlib import Path
+
+from trl.core import convert_to_scalar
+
+from ppo_lm.errors import RunError
+
+
+def scalar_stats(stats: dict) -> dict:
+    """The single-number entries of TRL's step statistics (objective/kl, objective/kl_coef — the beta this step
+    used —, ppo/loss/*, ...), as plain floats; histograms are left out."""
+    return {k: float(v) for k, v in convert_to_scalar(stats).items() if isinstance(v, numbers.Real)}
+
+
+def read_metrics(path) -> list[dict]:
+    """The rows of metrics.jsonl. A torn last line (a kill -9 during its write) is left out; a damaged line before
+    it is an error that names the line."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    rows = []
+    for number, line in enumerate(lines, 1):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number < len(lines):
+                raise RunError(f"{path} line {number} is not a JSON row (the file was edited or damaged): remove or "
+                               "fix that line") from None
+    return rows
+
+
+def append_row(path, row: dict) -> None:
+    with Path(path).open("a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def truncate_metrics(path, last_step: int) -> None:
+    """On resume, drop rows written after the checkpoint, so step numbers continue without duplicates, and a torn
+    last line (a kill -9 while it was written), with a note."""
+    rows = read_metrics(path)
+    text = Path(path).read_text(errors="replace") if Path(path).exists() else ""
+    if len(rows) < sum(1 for line in text.splitlines() if line.strip()):
+        print(f"note: dropped the torn last line of {path} (the run was killed while writing it)", file=sys.stderr)
+    rows = [r for r in rows if r["step"] <= last_step]
+    tmp = Path(f"{path}.tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tmp.replace(path)
+
+
+def log_to_trackers(accelerator, row: dict, samples: dict | None = None) -> None:
+    """The metrics row (the same figures as metrics.jsonl) to log_with's tracker at the row's step, and a table of
+    samples (columns -> values) as text for tensorboard or a table for wandb. Main process only, as accelerate logs."""
+    step = row["step"]
+    accelerator.log({k: v for k, v in row.items() if k != "step"}, step=step)
+    for tracker in accelerator.trackers:  # accelerate creates them on the main process only
+        if samples and tracker.name == "tensorboard":
+            header = "| " + " | ".join(samples) + " |\n|" + "---|" * len(samples) + "\n"
+            rows = ["| " + " | ".join(f"{c:+.3f}" if isinstance(c, float) else str(c).replace("|", "\\|")
+                                      .replace("\n", " ") for c in cells) + " |" for cells in zip(*samples.values())]
+            tracker.writer.add_text("samples", header + "\n".join(rows), step)
+        elif samples and tracker.name == "wandb":
+            import wandb
+
+            tracker.log({"samples": wandb.Table(columns=list(samples), data=[list(r) for r in zip(*samples.values())])},
+                        step=step)
+        if tracker.name == "tensorboard":
+            tracker.writer.flush()  # a killed run keeps every step it logged
+
+
+def print_table(title: str, columns: list[str], *cells, n: int = 4) -> None:
+    """A rich table of the first n samples on stderr; float cells shown as rewards."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, show_lines=True)
+    for column in columns:
+        table.add_column(column)
+    for row in list(zip(*cells))[:n]:
+        table.add_row(*[f"{c:+.3f}" if isinstance(c, float) else c for c in row])
+    Console(stderr=True).print(table)

@@ -1,0 +1,60 @@
+"""The model card: OUTPUT_DIR/README.md, huggingface_hub's ModelCard with what was tuned, on what, against what
+reward, and the held-out evaluation."""
+
+import json
+from pathlib import Path
+
+CARD_MARK = "<!-- written by train_ppo.py -->"
+
+
+def write_model_card(output_dir, settings: dict, eval_md: str | None) -> Path:
+    """README.md in output_dir: huggingface_hub's ModelCard with what was tuned, on what, against what reward."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    base = settings["model_name_or_path"]
+    base = str(Path(base).resolve()) if Path(base).is_dir() else base
+    peft = settings["use_peft"]
+    data = ModelCardData(base_model=None if Path(base).is_dir() else base, library_name="peft" if peft else
+                         "transformers", tags=["trl", "ppo", "reinforcement-learning"])
+    keys = ["learning_rate", "batch_size", "mini_batch_size", "ppo_epochs", "steps", "init_kl_coef", "adap_kl_ctrl",
+            "target", "horizon", "seed"] + (["lora_r", "lora_alpha", "lora_target_modules"] if peft else [])
+    table = "\n".join(f"| `{k}` | `{settings[k]}` |" for k in keys)
+    load = (f"from peft import AutoPeftModelForCausalLM\nmodel = AutoPeftModelForCausalLM.from_pretrained("
+            f"\"{Path(output_dir).resolve()}\")  # adapters on {base}" if peft else
+            f"from transformers import AutoModelForCausalLM\nmodel = AutoModelForCausalLM.from_pretrained("
+            f"\"{Path(output_dir).resolve()}\")\n# with the PPO value head: trl.AutoModelForCausalLMWithValueHead")
+    results = eval_md.split("\n", 2)[2] if eval_md else "No held-out evaluation (set `eval_file`).\n"
+    card = ModelCard(f"""---
+{data.to_yaml()}
+---
+{CARD_MARK}
+# PPO-tuned {Path(base).name}
+
+`{base}` fine-tuned with PPO (TRL 0.11.4 `PPOTrainer`, adaptive KL control) by `train_ppo.py`
+{"as LoRA adapters (the reference is the base model with the adapters off)" if peft else "(all weights)"}.
+
+- **Reward:** `{settings['reward_fn']}` with `{json.dumps(settings['reward_kwargs'])}`
+- **Prompts:** the first {settings['prompt_min_tokens']}-{settings['prompt_max_tokens']} tokens of the texts in
+  `{settings['dataset_name']}` (column `{settings['text_column']}`); responses of
+  {settings['response_min_tokens']}-{settings['response_max_tokens']} tokens, sampled from the policy.
+
+| setting | value |
+|---|---|
+{table}
+
+Every setting is in `run_config.yaml` (a valid `--config`); one row per PPO step in `metrics.jsonl`.
+
+## Held-out evaluation
+
+{results}
+![training curves](training_curves.png)
+
+## Load
+
+```python
+{load}
+```
+""")
+    path = Path(output_dir, "README.md")
+    card.save(path)
+    return path
