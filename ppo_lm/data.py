@@ -43,6 +43,10 @@ def load_texts(dataset_name: str, split: str, text_column: str, min_length: int)
             texts = load_dataset(builder, data_files=files, split="train")
         else:
             texts = load_dataset(dataset_name, split=split)
+        feature = texts.features.get(text_column)
+        is_text = isinstance(feature, Value) and feature.dtype in ("string", "large_string")
+        if is_text:  # reading the texts decodes them: bad bytes in a .jsonl fail here, not in load_dataset
+            texts = texts.filter(lambda t: t is not None and len(t) >= max(1, min_length), input_columns=text_column)
     except Exception as e:  # DatasetGenerationError, JSON and UTF-8 errors, offline, ...: name the cause
         cause = e.__cause__ or e.__context__ or e
         reason = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
@@ -54,11 +58,9 @@ def load_texts(dataset_name: str, split: str, text_column: str, min_length: int)
     if text_column not in texts.column_names:
         raise RunError(f"text_column '{text_column}' is not a column of '{dataset_name}': {texts.column_names}; "
                        "set text_column to the column that holds the texts")
-    feature = texts.features[text_column]
-    if not (isinstance(feature, Value) and feature.dtype in ("string", "large_string")):
+    if not is_text:
         raise RunError(f"text_column '{text_column}' of '{dataset_name}' holds {feature}, not text; set text_column "
                        "to a column of strings")
-    texts = texts.filter(lambda t: t is not None and len(t) >= max(1, min_length), input_columns=text_column)
     if len(texts) == 0:
         raise RunError(f"dataset '{dataset_name}' has no text of at least {min_length} characters; "
                        "lower min_text_length or check dataset_name and text_column")

@@ -1,7 +1,7 @@
 """Bad input never ends in a traceback: one line naming the setting, exit 2, and an earlier run left untouched.
 
 The table runs `train_ppo.main` in this process (the script's `__main__` only prints a RunError's message and exits
-with its code), so ~50 cases stay fast; a few cases also run as a user runs them, to check stderr and the exit code.
+with its code), so the cases stay fast; a few cases also run as a user runs them, to check stderr and the exit code.
 """
 
 import json
@@ -160,6 +160,20 @@ CASES = [
     ("quantization", {}, ["--load_in_4bit", "true"], "setting 'load_in_4bit' is a ModelConfig field this script does"),
     ("no-model", {"c.yaml": "steps: 2\n"}, ["--config", "{tmp}/c.yaml"], "setting 'model_name_or_path' is required"),
     ("resume-none", {}, ["--resume_from_checkpoint", "{tmp}/nowhere"], "resume_from_checkpoint '{tmp}/nowhere' is not"),
+    # files and directories that are not there or cannot be used
+    ("data-missing", {}, ["--dataset_name", "{tmp}/none.jsonl"], "dataset_name: file '{tmp}/none.jsonl' not found"),
+    ("data-not-utf8-jsonl", {"bad.jsonl": b'{"text": "\xff\xfe ' + b"a review long enough to be kept " * 2 + b'"}\n'},
+     ["--dataset_name", "{tmp}/bad.jsonl"], "dataset_name '{tmp}/bad.jsonl' could not be read (UnicodeDecodeError"),
+    ("model-dir-missing", {}, ["--model_name_or_path", "{tmp}/no_model"],
+     "model_name_or_path: directory '{tmp}/no_model' not found"),
+    ("ref-model-missing", {}, ["--ref_model_name_or_path", "{tmp}/no_ref"],
+     "ref_model_name_or_path: directory '{tmp}/no_ref' not found"),
+    ("output-dir-unwritable", {}, ["--output_dir", "/proc/sys"], "output_dir '/proc/sys' is not writable"),
+    ("fp8-without-packages", {}, ["--accelerator_kwargs", '{{"mixed_precision": "fp8"}}'],
+     "accelerator_kwargs: mixed_precision 'fp8' needs transformer_engine or MS-AMP"),
+    # accelerate refuses a value only when PPOTrainer builds the Accelerator, after the earlier run was set aside
+    ("accelerate-refuses-at-trainer", {}, ["--accelerator_kwargs", '{{"kwargs_handlers": [1]}}'],
+     "accelerate refused the run's settings while PPOTrainer set up (AssertionError"),
     ("resume-changes-shape", {}, ["--use_peft", "true", "--resume_from_checkpoint", "latest"],
      "cannot resume from {out}/checkpoint-2: these settings differ from its run_config.yaml and change the "
      "model or optimizer shape (use_peft: False -> True)"),

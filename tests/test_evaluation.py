@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from ppo_lm.evaluation import write_eval_report
 
 
@@ -28,3 +30,72 @@ def test_reward_up_and_judge_flat_is_flagged(tmp_path):
                                               "did not")
     assert "reward hacking" in (tmp_path / "eval.md").read_text()
     assert json.loads((tmp_path / "eval.json").read_text())["reward_hacking_suspected"] is True
+
+
+def kl_trainer(tiny, perturb: bool):
+    """PPOTrainer over the tiny policy and a reference loaded from the same weights; with `perturb` the policy's first
+    MLP gets noise, so the two differ."""
+    import torch
+    from transformers import AutoTokenizer
+    from trl import PPOConfig, PPOTrainer
+
+    from ppo_lm.models import load_model
+    from train_ppo import CheckedModelConfig
+
+    model_args = CheckedModelConfig(tiny["policy"])
+    policy, reference = (load_model(tiny["policy"], what, model_args) for what in ("policy", "reference"))
+    if perturb:
+        torch.manual_seed(1)
+        weight = policy.pretrained_model.transformer.h[0].mlp.c_fc.weight
+        with torch.no_grad():
+            weight.add_(0.5 * torch.randn_like(weight))
+    tokenizer = AutoTokenizer.from_pretrained(tiny["policy"])
+    tokenizer.pad_token, tokenizer.padding_side = tokenizer.eos_token, "right"  # as train_ppo.py loads it
+    return PPOTrainer(PPOConfig(batch_size=4, mini_batch_size=4), policy, reference, tokenizer), tokenizer
+
+
+PROMPTS = ["The film", "This movie was great to me.", "The plot", "The acting felt slow at times and", "It was"]
+
+
+def run_evaluate(trainer, tokenizer, seed=0):
+    from ppo_lm.evaluation import evaluate
+    from ppo_lm.validation import HONEST_SAMPLING
+
+    words = lambda prompts, responses: [float(len(r.split())) for r in responses]  # noqa: E731
+    generation = HONEST_SAMPLING | {"max_new_tokens": 6, "pad_token_id": tokenizer.pad_token_id}
+    return evaluate(trainer, tokenizer, PROMPTS, {"words": words}, {}, generation, (2, 6), 4, seed)
+
+
+def test_eval_kl_is_zero_when_the_policy_is_the_reference(tiny):
+    trainer, tokenizer = kl_trainer(tiny, perturb=False)
+    assert run_evaluate(trainer, tokenizer)["kl"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_eval_kl_equals_a_hand_computation(tiny):
+    """sum over response tokens of log pi(token) - log pi_ref(token), each sequence scored alone (no padding),
+    averaged over the prompts: the same number evaluate() reports from TRL's batched forward pass."""
+    import torch
+
+    trainer, tokenizer = kl_trainer(tiny, perturb=True)
+    generated = []
+    generate = trainer._generate_batched
+
+    def recording(*args, **kwargs):
+        generated.append(generate(*args, **kwargs))
+        return generated[-1]
+
+    trainer._generate_batched = recording
+    report = run_evaluate(trainer, tokenizer, seed=3)
+    lengths = torch.randint(2, 7, (len(PROMPTS),), generator=torch.Generator().manual_seed(3)).tolist()
+    responses = [r[:n] for r, n in zip(generated[1], lengths)]  # the tuned policy's samples ("after"), cut
+    queries = [torch.tensor(ids) for ids in tokenizer(PROMPTS)["input_ids"]]
+
+    def logprobs(model, query, response):
+        logits = model.pretrained_model(torch.cat([query, response])[None]).logits[0]
+        return torch.log_softmax(logits.float(), -1)[len(query) - 1 : -1].gather(-1, response[:, None]).sum()
+
+    with torch.no_grad():
+        hand = torch.stack([logprobs(trainer.model, q, r) - logprobs(trainer.ref_model, q, r)
+                            for q, r in zip(queries, responses)]).mean().item()
+    assert abs(hand) > 0.01  # the perturbation made the policy differ
+    assert report["kl"] == pytest.approx(hand, rel=1e-4, abs=1e-5)

@@ -65,7 +65,7 @@ def test_end_to_end_outputs(tiny_config, tmp_path):
             assert len(scores) == 3 and report[name][scorer]["mean"] == pytest.approx(sum(scores) / 3)
         assert set(report[name]["sentiment_positive"]["scores"]) <= {0.0, 1.0}
         assert all(-1 <= v <= 1 for v in report[name]["vader"]["scores"])
-    assert report["kl"] == pytest.approx(report["kl"]) and abs(report["kl"]) < 50
+    assert report["kl"] >= -0.5 and abs(report["kl"]) < 50  # its value: tests/test_evaluation.py, by hand
     eval_md = (out / "eval.md").read_text()
     assert "| The film was |" in eval_md and "| vader (judge) |" in eval_md
     assert "held-out sentiment_classifier: mean" in result.stderr and "judge vader:" in result.stderr

@@ -1,0 +1,335 @@
+"""Faults are inputs too: a failed start, a kill -9, a full disk, a damaged checkpoint or metrics file, a signal at
+any point. Each ends in one line, and nothing already saved is lost: the run can be resumed once the cause is gone.
+
+Faults at an exact point of a run are made by the run's own reward file (it is imported into the training
+process): it kills its process, patches torch.save to fail as on a full disk, or sends a signal when PPOTrainer.step
+begins."""
+
+import json
+import pickle
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from conftest import ROOT, launch, run_script
+from ppo_lm.checkpoints import list_checkpoints
+from ppo_lm.metrics import read_metrics
+
+# `words` scores like a plain reward. Each process counts its calls in OUT/calls-RANK (the first call is the start-up
+# check on two prompts, then one per step); the other functions score the same and add a fault at call `at`.
+FAULTS = '''
+import os
+import signal
+from pathlib import Path
+
+import torch
+
+
+def _call(out):
+    calls = Path(out, f"calls-{os.environ.get('RANK', '0')}")
+    n = int(calls.read_text()) + 1 if calls.exists() else 1
+    calls.write_text(str(n))
+    return n
+
+
+def words(prompts, responses, out="", **kwargs):
+    _call(out)
+    return [float(len(r.split())) for r in responses]
+
+
+def killed(prompts, responses, out="", at=0, **kwargs):  # kill -9 of this process while it scores
+    if _call(out) == at:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return [float(len(r.split())) for r in responses]
+
+
+def disk_full(prompts, responses, out="", at=0, **kwargs):  # from call `at` on, writing optimizer.pt fails
+    if _call(out) == at:
+        save = torch.save
+
+        def failing_save(obj, f, *args, **kw):
+            if str(f).endswith("optimizer.pt"):
+                raise RuntimeError("[enforce fail at inline_container.cc:626] . unexpected pos 4160 vs 4096")
+            return save(obj, f, *args, **kw)
+
+        torch.save = failing_save
+    return [float(len(r.split())) for r in responses]
+
+
+def signal_in_update(prompts, responses, out="", at=0, signum=15, **kwargs):  # a signal once PPOTrainer.step begins
+    if _call(out) == at:
+        from trl import PPOTrainer
+
+        step = PPOTrainer.step
+
+        def step_with_signal(self, *args, **kw):
+            os.kill(os.getpid(), signum)
+            return step(self, *args, **kw)
+
+        PPOTrainer.step = step_with_signal
+    return [float(len(r.split())) for r in responses]
+'''
+ROWS = ["env/reward_mean", "env/reward_std", "objective/kl", "objective/kl_coef", "ppo/loss/total",
+        "ppo/policy/approxkl", "tokens/responses_len_mean"]
+
+
+@pytest.fixture
+def faults(tiny_config, tmp_path):
+    """config(fault, at=call, **settings) -> a config whose reward is faults.py:`fault`."""
+    (tmp_path / "faults.py").write_text(FAULTS)
+
+    def config(fault="words", at=0, signum=15, **settings):
+        for calls in tmp_path.glob("calls-*"):
+            calls.unlink()
+        return tiny_config(reward_fn=f"{tmp_path / 'faults.py'}:{fault}",
+                           reward_kwargs={"out": str(tmp_path), "at": at, "signum": signum}, **settings)
+
+    return config
+
+
+def snapshot(out):
+    return {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+def last_line(stderr: str) -> str:
+    return stderr.strip().splitlines()[-1]
+
+
+def assert_same_rows(resumed, uninterrupted, after_step):
+    assert [r["step"] for r in resumed] == [r["step"] for r in uninterrupted]
+    for a, b in zip(resumed[after_step:], uninterrupted[after_step:]):
+        for key in ROWS:
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), (a["step"], key)
+
+
+def test_a_failed_overwrite_start_keeps_the_earlier_run(faults, tmp_path):
+    """--overwrite_output_dir, then a kill -9 before the first step is logged: the earlier run is aside, not gone,
+    and the next start in that directory puts it back exactly."""
+    out = tmp_path / "run"
+    assert run_script("--config", faults(steps=2, save_steps=1)).returncode == 0
+    (out / "notes.txt").write_text("mine")
+    before = snapshot(out)
+
+    killed = run_script("--config", faults("killed", at=2, steps=2), "--overwrite_output_dir")  # in step 1's scoring
+    assert killed.returncode == -signal.SIGKILL
+    assert (out / ".replaced-run" / "checkpoint-2").is_dir() and not (out / "checkpoint-2").exists()
+
+    again = run_script("--config", faults(steps=2))  # no overwrite: restored, then refused as an earlier run
+    assert again.returncode == 2
+    assert "restored the earlier run in" in again.stderr
+    assert last_line(again.stderr).startswith(f"error: output_dir '{out}' holds an earlier run")
+    assert snapshot(out) == before
+
+
+def test_overwrite_removes_sharded_weights_and_keeps_the_users_files(faults, tiny, tmp_path):
+    out = tmp_path / "run"
+    assert run_script("--config", faults(steps=1)).returncode == 0
+    AutoModelForCausalLM.from_pretrained(tiny["policy"]).save_pretrained(out, max_shard_size="40KB")
+    shards = sorted(p.name for p in out.glob("model-*-of-*.safetensors"))
+    assert len(shards) > 1 and (out / "model.safetensors.index.json").is_file()
+    (out / "notes.txt").write_text("mine")
+    (out / "model-notes.txt").write_text("mine too")
+
+    result = run_script("--config", faults(steps=1), "--overwrite_output_dir")
+    assert result.returncode == 0, result.stderr
+    names = {p.name for p in out.iterdir()}
+    assert not set(shards) & names and "model.safetensors.index.json" not in names
+    assert {"notes.txt", "model-notes.txt", "model.safetensors", "checkpoint-1"} <= names
+    assert not (out / ".replaced-run").exists()
+    assert AutoModelForCausalLM.from_pretrained(out).config.n_layer == 2
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_during_the_update_checkpoints_that_step(faults, tmp_path, signum):
+    """The signal arrives when PPOTrainer.step of step 3 begins (after the scoring phase agreed there was no stop):
+    the run checkpoints step 3, not step 4."""
+    out = tmp_path / "run"
+    result = run_script("--config", faults("signal_in_update", at=4, signum=int(signum), steps=6, save_steps=100))
+    assert result.returncode == 128 + signum, result.stderr
+    assert last_line(result.stderr).startswith(f"error: stopped by {signum.name} after step 3; checkpoint saved to "
+                                               f"{out}/checkpoint-3; resume with: ")
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [1, 2, 3]
+    assert list_checkpoints(out) == [out / "checkpoint-3"]
+
+
+def run_processes(n: int, config, *argv) -> list[subprocess.CompletedProcess]:
+    if n == 1:
+        return [run_script("--config", config, *argv)]
+    procs = launch(n, "--config", config, *argv)
+    results = []
+    for p in procs:
+        try:
+            _, err = p.communicate(timeout=240)
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            pytest.fail(f"{n} processes did not end within 240 s")
+        results.append(subprocess.CompletedProcess(p.args, p.returncode, "", err))
+    return results
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_lora_kill_9_and_resume_is_exact(faults, tmp_path, processes):
+    """The default job is LoRA: killed with SIGKILL in step 5 (after checkpoint-4), resumed from the latest
+    checkpoint, it logs the same rows as an uninterrupted run; save_total_limit keeps exactly 2 checkpoints."""
+    settings = {"use_peft": True, "lora_r": 4, "lora_alpha": 8, "steps": 6, "save_steps": 2, "save_total_limit": 2,
+                "learning_rate": 1e-3}
+    if processes == 2:
+        settings |= {"batch_size": 8, "mini_batch_size": 4}
+    out = tmp_path / "run"
+    results = run_processes(processes, faults("killed", at=6, **settings))
+    assert all(r.returncode == -signal.SIGKILL for r in results), [r.stderr for r in results]
+    assert [p.name for p in list_checkpoints(out)] == ["checkpoint-2", "checkpoint-4"]
+    assert (out / "checkpoint-4" / "adapter_model.safetensors").is_file()
+
+    results = run_processes(processes, faults(**settings), "--resume_from_checkpoint", "latest")
+    assert all(r.returncode == 0 for r in results), [r.stderr for r in results]
+    assert "at step 4" in results[0].stderr
+    assert [p.name for p in list_checkpoints(out)] == ["checkpoint-4", "checkpoint-6"]  # pruned to the limit
+
+    results = run_processes(processes, faults(**settings), "--output_dir", tmp_path / "uninterrupted")
+    assert all(r.returncode == 0 for r in results), [r.stderr for r in results]
+    assert_same_rows(read_metrics(out / "metrics.jsonl"), read_metrics(tmp_path / "uninterrupted" / "metrics.jsonl"),
+                     after_step=4)
+
+
+def test_a_full_disk_during_a_checkpoint_keeps_the_last_one(faults, tmp_path):
+    out = tmp_path / "run"
+    result = run_script("--config", faults("disk_full", at=4, steps=6, save_steps=2))  # fails writing checkpoint-4
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert last_line(result.stderr).startswith(f"error: could not write checkpoint 4 to {out}/checkpoint-4.tmp "
+                                               "(RuntimeError: ")
+    assert last_line(result.stderr).endswith("free disk space (or fix the permissions) there, then resume with "
+                                             "--resume_from_checkpoint latest")
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]
+
+    resumed = run_script("--config", faults(steps=6, save_steps=2), "--resume_from_checkpoint", "latest")
+    assert resumed.returncode == 0, resumed.stderr
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == list(range(1, 7))
+
+
+@pytest.fixture(scope="module")
+def finished(tiny, tmp_path_factory):
+    """A finished 2-step run with checkpoint-1 and checkpoint-2 (save_steps 1), copied into each test's output_dir."""
+    root = tmp_path_factory.mktemp("finished")
+    config = root / "finished.yaml"
+    config.write_text(json.dumps({"model_name_or_path": tiny["policy"], "dataset_name": tiny["data"],
+                                  "min_text_length": 20, "reward_fn": "vader", "batch_size": 16,
+                                  "mini_batch_size": 8, "steps": 2, "save_steps": 1, "sample_every": 0,
+                                  "output_dir": str(root / "run")}))
+    assert run_script("--config", config).returncode == 0
+    return root / "run"
+
+
+@pytest.fixture
+def copy_of_finished(finished, tiny_config, tmp_path):
+    """(output_dir, config): the finished run in this test's output_dir, and a config that resumes it to step 3."""
+    shutil.copytree(finished, tmp_path / "run")
+    return tmp_path / "run", tiny_config(reward_fn="vader", steps=3)
+
+
+def tampered(path):  # a pickle that would run code if torch.load were not weights_only
+    path.write_bytes(pickle.dumps(shutil.rmtree))
+
+
+def does_not_fit(path):  # the optimizer state of another model
+    other = torch.optim.Adam([torch.nn.Parameter(torch.zeros(3))])
+    other.step()
+    torch.save(other.state_dict(), path)
+
+
+@pytest.mark.parametrize("fault, message", [
+    (lambda c: (c / "optimizer.pt").unlink(),
+     "error: checkpoint {c} is incomplete: optimizer.pt missing; resume from another checkpoint-N"),
+    (lambda c: (c / "model.safetensors").unlink(),
+     "error: checkpoint {c} is incomplete: model weights (model.safetensors or "),
+    (lambda c: tampered(c / "optimizer.pt"), "error: checkpoint file {c}/optimizer.pt cannot be read (UnpicklingError"),
+    (lambda c: (c / "rng-0.pt").write_bytes((c / "rng-0.pt").read_bytes()[:100]),
+     "error: checkpoint file {c}/rng-0.pt cannot be read ("),
+    (lambda c: (c / "trainer_state.json").write_text('{"step": 2, "kl'),
+     "error: checkpoint file {c}/trainer_state.json cannot be read (JSONDecodeError"),
+    (lambda c: does_not_fit(c / "optimizer.pt"),
+     "error: resume_from_checkpoint '{c}': its optimizer state does not fit this model"),
+], ids=["missing-optimizer", "missing-weights", "tampered-optimizer", "torn-rng", "torn-state", "optimizer-misfit"])
+def test_a_damaged_checkpoint_is_named_in_one_line(copy_of_finished, fault, message):
+    out, config = copy_of_finished
+    fault(out / "checkpoint-2")
+    before = snapshot(out)
+    result = run_script("--config", config, "--resume_from_checkpoint", str(out / "checkpoint-2"))
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert last_line(result.stderr).startswith(message.format(c=out / "checkpoint-2")), last_line(result.stderr)
+    assert snapshot(out) == before
+
+
+def test_after_a_damaged_checkpoint_the_one_before_resumes(copy_of_finished):
+    out, config = copy_of_finished
+    (out / "checkpoint-2" / "optimizer.pt").unlink()
+    assert run_script("--config", config, "--resume_from_checkpoint", "latest").returncode == 2
+    result = run_script("--config", config, "--resume_from_checkpoint", str(out / "checkpoint-1"))
+    assert result.returncode == 0, result.stderr
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [1, 2, 3]
+
+
+def test_a_torn_metrics_line_is_dropped_on_resume(copy_of_finished):
+    out, config = copy_of_finished
+    with (out / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 3, "env/episodes": 16, "env/rew')  # what a kill -9 during the write leaves
+    result = run_script("--config", config, "--resume_from_checkpoint", "latest")
+    assert result.returncode == 0, result.stderr
+    assert f"note: dropped the torn last line of {out / 'metrics.jsonl'}" in result.stderr
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [1, 2, 3]
+
+
+def test_ctrl_c_while_importing_is_one_line(faults, tmp_path):
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train_ppo.py"), "--config", str(faults())], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "PYTHONUNBUFFERED": "1"})
+    time.sleep(0.7)  # python is up and importing torch / transformers / TRL (several seconds here)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert last_line(stderr).startswith("error: interrupted (Ctrl-C) during start-up, before the first PPO step")
+    assert not (tmp_path / "run").exists()
+
+
+def test_all_linear_adapts_every_linear_layer(faults, tmp_path):
+    out = tmp_path / "run"
+    config = faults(use_peft=True, lora_target_modules="all-linear", steps=1)
+    result = run_script("--config", config)
+    assert result.returncode == 0, result.stderr
+    adapted = json.loads((out / "adapter_config.json").read_text())["target_modules"]
+    # every Conv1D of the tiny GPT-2's 2 blocks (peft's all-linear; the output layer is left out)
+    assert len(adapted) == 8 and {name.rsplit(".", 1)[-1] for name in adapted} == {"c_attn", "c_proj", "c_fc"}
+    one = run_script("--config", faults(use_peft=True, lora_target_modules="c_attn", steps=1), "--output_dir",
+                     tmp_path / "one")
+    assert one.returncode == 0, one.stderr
+    assert json.loads((tmp_path / "one" / "adapter_config.json").read_text())["target_modules"] == ["c_attn"]
+
+
+def test_ref_model_and_biased_sampling_warning(faults, tiny, tmp_path):
+    """A separate reference model directory is loaded as the reference; sampling settings other than the policy's
+    own distribution are warned about."""
+    reference = AutoModelForCausalLM.from_pretrained(tiny["policy"])
+    torch.manual_seed(0)
+    with torch.no_grad():
+        reference.transformer.h[0].mlp.c_fc.weight.add_(torch.randn_like(reference.transformer.h[0].mlp.c_fc.weight))
+    reference.save_pretrained(tmp_path / "reference")
+    result = run_script("--config", faults(steps=1, ref_model_name_or_path=str(tmp_path / "reference"), top_k=5))
+    assert result.returncode == 0, result.stderr
+    assert "sample from a distribution other than the policy's" in result.stderr
+    assert "{'top_k': 5}" in result.stderr
+    # before the first update the policy is the tiny model itself: a KL above 0 comes from the other reference
+    assert read_metrics(tmp_path / "run" / "metrics.jsonl")[0]["objective/kl"] > 0.01
+    same = run_script("--config", faults(steps=1, ref_model_name_or_path=tiny["policy"]), "--output_dir",
+                      tmp_path / "same")
+    assert same.returncode == 0, same.stderr
+    assert read_metrics(tmp_path / "same" / "metrics.jsonl")[0]["objective/kl"] == pytest.approx(0.0, abs=1e-5)
