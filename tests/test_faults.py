@@ -108,11 +108,30 @@ def assert_same_rows(resumed, uninterrupted, after_step):
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), (a["step"], key)
 
 
-def test_a_failed_overwrite_start_keeps_the_earlier_run(faults, tmp_path):
+@pytest.fixture(scope="module")
+def finished(tiny, tmp_path_factory):
+    """A finished 2-step run with checkpoint-1 and checkpoint-2 (save_steps 1), copied into each test's output_dir."""
+    root = tmp_path_factory.mktemp("finished")
+    config = root / "finished.yaml"
+    config.write_text(json.dumps({"model_name_or_path": tiny["policy"], "dataset_name": tiny["data"],
+                                  "min_text_length": 20, "reward_fn": "vader", "batch_size": 16,
+                                  "mini_batch_size": 8, "steps": 2, "save_steps": 1, "sample_every": 0,
+                                  "output_dir": str(root / "run")}))
+    assert run_script("--config", config).returncode == 0
+    return root / "run"
+
+
+@pytest.fixture
+def copy_of_finished(finished, tiny_config, tmp_path):
+    """(output_dir, config): the finished run in this test's output_dir, and a config that resumes it to step 3."""
+    shutil.copytree(finished, tmp_path / "run")
+    return tmp_path / "run", tiny_config(reward_fn="vader", steps=3)
+
+
+def test_a_failed_overwrite_start_keeps_the_earlier_run(copy_of_finished, faults):
     """--overwrite_output_dir, then a kill -9 before the first step is logged: the earlier run is aside, not gone,
     and the next start in that directory puts it back exactly."""
-    out = tmp_path / "run"
-    assert run_script("--config", faults(steps=2, save_steps=1)).returncode == 0
+    out, _ = copy_of_finished
     (out / "notes.txt").write_text("mine")
     before = snapshot(out)
 
@@ -127,9 +146,8 @@ def test_a_failed_overwrite_start_keeps_the_earlier_run(faults, tmp_path):
     assert snapshot(out) == before
 
 
-def test_overwrite_removes_sharded_weights_and_keeps_the_users_files(faults, tiny, tmp_path):
-    out = tmp_path / "run"
-    assert run_script("--config", faults(steps=1)).returncode == 0
+def test_overwrite_removes_sharded_weights_and_keeps_the_users_files(copy_of_finished, faults, tiny):
+    out, _ = copy_of_finished
     AutoModelForCausalLM.from_pretrained(tiny["policy"]).save_pretrained(out, max_shard_size="40KB")
     shards = sorted(p.name for p in out.glob("model-*-of-*.safetensors"))
     assert len(shards) > 1 and (out / "model.safetensors.index.json").is_file()
@@ -141,11 +159,12 @@ def test_overwrite_removes_sharded_weights_and_keeps_the_users_files(faults, tin
     names = {p.name for p in out.iterdir()}
     assert not set(shards) & names and "model.safetensors.index.json" not in names
     assert {"notes.txt", "model-notes.txt", "model.safetensors", "checkpoint-1"} <= names
+    assert "checkpoint-2" not in names  # the earlier run's
     assert not (out / ".replaced-run").exists()
     assert AutoModelForCausalLM.from_pretrained(out).config.n_layer == 2
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("signum", [signal.SIGTERM])
 def test_a_stop_during_the_update_checkpoints_that_step(faults, tmp_path, signum):
     """The signal arrives when PPOTrainer.step of step 3 begins (after the scoring phase agreed there was no stop):
     the run checkpoints step 3, not step 4."""
@@ -213,26 +232,6 @@ def test_a_full_disk_during_a_checkpoint_keeps_the_last_one(faults, tmp_path):
     resumed = run_script("--config", faults(steps=6, save_steps=2), "--resume_from_checkpoint", "latest")
     assert resumed.returncode == 0, resumed.stderr
     assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == list(range(1, 7))
-
-
-@pytest.fixture(scope="module")
-def finished(tiny, tmp_path_factory):
-    """A finished 2-step run with checkpoint-1 and checkpoint-2 (save_steps 1), copied into each test's output_dir."""
-    root = tmp_path_factory.mktemp("finished")
-    config = root / "finished.yaml"
-    config.write_text(json.dumps({"model_name_or_path": tiny["policy"], "dataset_name": tiny["data"],
-                                  "min_text_length": 20, "reward_fn": "vader", "batch_size": 16,
-                                  "mini_batch_size": 8, "steps": 2, "save_steps": 1, "sample_every": 0,
-                                  "output_dir": str(root / "run")}))
-    assert run_script("--config", config).returncode == 0
-    return root / "run"
-
-
-@pytest.fixture
-def copy_of_finished(finished, tiny_config, tmp_path):
-    """(output_dir, config): the finished run in this test's output_dir, and a config that resumes it to step 3."""
-    shutil.copytree(finished, tmp_path / "run")
-    return tmp_path / "run", tiny_config(reward_fn="vader", steps=3)
 
 
 def tampered(path):  # a pickle that would run code if torch.load were not weights_only
@@ -309,10 +308,6 @@ def test_all_linear_adapts_every_linear_layer(faults, tmp_path):
     adapted = json.loads((out / "adapter_config.json").read_text())["target_modules"]
     # every Conv1D of the tiny GPT-2's 2 blocks (peft's all-linear; the output layer is left out)
     assert len(adapted) == 8 and {name.rsplit(".", 1)[-1] for name in adapted} == {"c_attn", "c_proj", "c_fc"}
-    one = run_script("--config", faults(use_peft=True, lora_target_modules="c_attn", steps=1), "--output_dir",
-                     tmp_path / "one")
-    assert one.returncode == 0, one.stderr
-    assert json.loads((tmp_path / "one" / "adapter_config.json").read_text())["target_modules"] == ["c_attn"]
 
 
 def test_ref_model_and_biased_sampling_warning(faults, tiny, tmp_path):
@@ -327,9 +322,6 @@ def test_ref_model_and_biased_sampling_warning(faults, tiny, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "sample from a distribution other than the policy's" in result.stderr
     assert "{'top_k': 5}" in result.stderr
-    # before the first update the policy is the tiny model itself: a KL above 0 comes from the other reference
+    # step 1's KL is measured before its update, with the policy still the tiny model itself: a KL above 0 can
+    # only come from the other reference
     assert read_metrics(tmp_path / "run" / "metrics.jsonl")[0]["objective/kl"] > 0.01
-    same = run_script("--config", faults(steps=1, ref_model_name_or_path=tiny["policy"]), "--output_dir",
-                      tmp_path / "same")
-    assert same.returncode == 0, same.stderr
-    assert read_metrics(tmp_path / "same" / "metrics.jsonl")[0]["objective/kl"] == pytest.approx(0.0, abs=1e-5)
