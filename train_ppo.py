@@ -17,6 +17,7 @@ if __name__ == "__main__":  # Ctrl-C while importing or loading models: one line
     quiet_interrupts()
 
 import math
+import os
 import signal
 import sys
 import time
@@ -28,7 +29,11 @@ from typing import Optional
 warnings.filterwarnings("ignore", category=FutureWarning)  # TRL 0.11 marks PPOConfig/PPOTrainer deprecated
 
 import torch
-from accelerate import PartialState
+
+if not torch.cuda.is_available():  # DeepSpeed, which TRL imports when it is installed, would warn it fell back to CPU
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+from accelerate import PartialState  # noqa: E402
 from accelerate.utils import parse_flag_from_env
 from datasets import disable_progress_bars
 from tqdm import tqdm
@@ -37,6 +42,7 @@ from trl.commands.cli_utils import TrlParser
 from trl.core import LengthSampler
 
 from plot import plot_run
+from ppo_lm import zero
 from ppo_lm.checkpoints import find_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint, save_policy
 from ppo_lm.data import batch_indices, fit_prompts, load_texts, read_eval_prompts
 from ppo_lm.errors import RunError, exits_cleanly
@@ -164,6 +170,10 @@ def make_trainer(config: PPOConfig, policy, reference, tokenizer, args: ScriptAr
     there ends in one line. Beta gets its floor when min_kl_coef is set."""
     if config.log_with == "tensorboard":  # accelerate needs a directory for it: OUTPUT_DIR/logs unless given
         config.project_kwargs = {"logging_dir": str(Path(args.output_dir, "logs")), **config.project_kwargs}
+    if zero.in_use():
+        zero.patch_deepspeed()
+        config.accelerator_kwargs = {**config.accelerator_kwargs,
+                                     "deepspeed_plugin": zero.plugin(config.mini_batch_size)}
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="No dataset is provided")
@@ -214,14 +224,19 @@ def stopped(signum: int, step: int, path: Path, argv: list[str]) -> RunError:
                     f"with: {resume}", code=128 + signum)
 
 
-def report_run(trainer, tokenizer, args, model_args, settings, eval_prompts, reward_fn, judges, generation_kwargs):
-    """End of run, main process: reference vs tuned policy on held-out prompts (same sampling and seed), the
-    training curves, the model card, the merged model and the hub push when asked for."""
+def report_run(trainer, tokenizer, args, model_args, settings, eval_prompts, reward_fn, judges, generation_kwargs,
+               main_process: bool):
+    """End of run: reference vs tuned policy on held-out prompts (same sampling and seed), the training curves, the
+    model card, the merged model and the hub push when asked for. Main process; under ZeRO-3 every process
+    evaluates in step (each holds a shard of the weights) and the main one writes."""
     output_dir = Path(args.output_dir)
     if eval_prompts:
         report = evaluate(trainer, tokenizer, eval_prompts, {args.reward_fn: reward_fn} | judges, args.reward_kwargs,
                           generation_kwargs, (args.response_min_tokens, args.response_max_tokens),
                           args.generation_batch_size, settings["seed"])
+    if not main_process:
+        return
+    if eval_prompts:
         print_table("held-out prompts: reference (before) vs tuned policy (after)",
                     ["prompt", "before", "reward", "after", "reward"], eval_prompts,
                     report["before"]["responses"], report["before"][args.reward_fn]["scores"],
@@ -249,7 +264,8 @@ def main(argv: list[str]) -> None:
     config.model_name, config.query_dataset, config.reward_model = \
         model_args.model_name_or_path, args.dataset_name, args.reward_fn
     set_seed(config.seed)  # before any model is built: a fresh value head's initial weights come from this seed
-    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))  # `accelerate launch --cpu`, or set by hand
+    # `accelerate launch --cpu` (or ACCELERATE_USE_CPU set by hand); DeepSpeed on CPU processes needs gloo named
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"), **zero.process_group())
     disable_progress_bars()  # datasets' bars for filter/map; the PPO bar is the one to watch
     metrics_path = Path(args.output_dir, "metrics.jsonl")
 
@@ -366,8 +382,9 @@ def main(argv: list[str]) -> None:
 
     # ---- Save: the tuned policy with its value head and the tokenizer, loadable both ways; then the reports
     save_policy(accelerator, trainer, tokenizer, args.output_dir)
-    if state.is_main_process:
-        report_run(trainer, tokenizer, args, model_args, settings, eval_prompts, reward_fn, judges, generation_kwargs)
+    if state.is_main_process or zero.zero3(trainer.model):
+        report_run(trainer, tokenizer, args, model_args, settings, eval_prompts, reward_fn, judges, generation_kwargs,
+                   state.is_main_process)
     # the other processes wait here for the main one's saving: gloo's shutdown in destroy_process_group hung a
     # process now and then (about 1 run in 10 of the 2-process tests) when the others had already exited
     accelerator.wait_for_everyone()

@@ -14,6 +14,7 @@ import torch
 import yaml
 from transformers.trainer_utils import get_last_checkpoint
 
+from ppo_lm import zero
 from ppo_lm.errors import RunError
 from ppo_lm.stopping import together
 
@@ -48,8 +49,9 @@ def find_checkpoint(output_dir: str, spec: str) -> Path:
     return check_complete(path)
 
 
-# What every checkpoint holds besides the tokenizer; the weights are one of WEIGHTS
-NEEDED = ["trainer_state.json", "optimizer.pt", "rng-0.pt"]
+# What every checkpoint holds besides the tokenizer; the weights are one of WEIGHTS; the optimizer state is
+# optimizer.pt, or under DeepSpeed the engine's deepspeed/ directory
+NEEDED = ["trainer_state.json", "rng-0.pt"]
 WEIGHTS = ["model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors"]
 
 
@@ -57,6 +59,8 @@ def check_complete(path: Path) -> Path:
     """A checkpoint with a file deleted or lost (trainer_state.json is written last, so a kill mid-write never
     leaves this) is named with what is missing, before anything is loaded or written."""
     missing = [name for name in NEEDED if not (path / name).is_file()]
+    if not (path / "optimizer.pt").is_file() and not (path / "deepspeed").is_dir():
+        missing.append("optimizer.pt")
     if not any((path / name).is_file() for name in WEIGHTS):
         missing.append("model weights (model.safetensors or adapter_model.safetensors)")
     if missing:
@@ -96,10 +100,15 @@ def save_checkpoint(accelerator, trainer, tokenizer, output_dir: str, step: int,
                                                                             python_rng[2]],
                             "numpy": [numpy_rng[0], numpy_rng[1].tolist(), *numpy_rng[2:]]},
                            tmp / f"rng-{accelerator.process_index}.pt")
+                if zero.is_engine(trainer.model):  # DeepSpeed: every process saves its shard of the optimizer state
+                    zero.save_engine(trainer.model, tmp)
+                with zero.gathered(trainer.model):
+                    if accelerator.is_main_process:
+                        accelerator.unwrap_model(trainer.model).save_pretrained(tmp, safe_serialization=True)
                 if accelerator.is_main_process:
-                    accelerator.unwrap_model(trainer.model).save_pretrained(tmp, safe_serialization=True)
                     tokenizer.save_pretrained(tmp)
-                    torch.save(trainer.optimizer.state_dict(), tmp / "optimizer.pt")
+                    if not zero.is_engine(trainer.model):
+                        torch.save(trainer.optimizer.state_dict(), tmp / "optimizer.pt")
                     (tmp / "run_config.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
             except (OSError, RuntimeError) as e:  # torch's serializer raises RuntimeError on a full disk
                 raise write_failed(f"checkpoint {step}", tmp, e) from None
@@ -126,7 +135,7 @@ def save_checkpoint(accelerator, trainer, tokenizer, output_dir: str, step: int,
 def save_policy(accelerator, trainer, tokenizer, output_dir: str) -> None:
     """The tuned policy with its value head (safetensors; a LoRA policy: its adapters, and the value head as
     pytorch_model.bin) and the tokenizer, in output_dir. Main process; every process waits for it."""
-    with together(accelerator.state):
+    with together(accelerator.state), zero.gathered(trainer.model):
         if accelerator.is_main_process:
             try:
                 accelerator.unwrap_model(trainer.model).save_pretrained(output_dir, safe_serialization=True)
@@ -144,13 +153,17 @@ def load_checkpoint(path: Path, trainer, accelerator) -> dict:
     """Restore what save_checkpoint saved into the trainer and this process's RNGs; return trainer_state.json.
     A damaged file (torn, not plain tensors, not JSON) ends in one line that names it."""
     state = read_checkpoint_file(path / "trainer_state.json", lambda f: json.loads(f.read_text()))
-    optimizer_state = read_checkpoint_file(path / "optimizer.pt", torch_load)
-    try:
-        trainer.optimizer.load_state_dict(optimizer_state)
-    except (ValueError, KeyError, RuntimeError) as e:
-        raise RunError(f"resume_from_checkpoint '{path}': its optimizer state does not fit this model "
-                       f"({str(e).splitlines()[0]}); resume with the model and LoRA settings it was saved with"
-                       ) from None
+    if zero.is_engine(trainer.model):  # the engine's own checkpoint: weights and this process's optimizer shard
+        read_checkpoint_file(path, lambda p: zero.load_engine(trainer.model, p))
+    else:
+        optimizer_state = read_checkpoint_file(path / "optimizer.pt", torch_load)
+        try:
+            trainer.optimizer.load_state_dict(optimizer_state)
+        except (ValueError, KeyError, RuntimeError) as e:
+            raise RunError(f"resume_from_checkpoint '{path}': its optimizer state does not fit this model "
+                           f"({str(e).splitlines()[0]}); resume with the model and LoRA settings it was saved with"
+                           ) from None
+    trainer.model.train()  # as PPOTrainer.step leaves it in an uninterrupted run
     trainer.kl_ctl.value = state["kl_coef"]
     trainer.current_step = state["trl_current_step"]
     for k, v in state["score_moments"].items():
@@ -174,6 +187,8 @@ def torch_load(path: Path):
 def read_checkpoint_file(path: Path, read):
     try:
         return read(path)
+    except RunError:
+        raise
     except Exception as e:  # UnpicklingError (not plain tensors), a torn zip, bad JSON, ...
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise RunError(f"checkpoint file {path} cannot be read ({type(e).__name__}: {reason[:200]}): it is damaged "

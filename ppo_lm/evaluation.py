@@ -20,10 +20,10 @@ def evaluate(trainer, tokenizer, prompts: list[str], scorers: dict, reward_kwarg
     `scorers` maps a name to a reward function; the first is the training reward. Each response is cut to a length
     drawn from `response_lengths` (inclusive), the same lengths before and after, so the KL here is the estimator
     and the length distribution of the training KL (`objective/kl`)."""
-    unwrap = trainer.accelerator.unwrap_model
-    policy = unwrap(trainer.model)
-    # with LoRA the reference is the policy with its adapters disabled (TRL's optional_peft_ctx)
-    reference = policy if trainer.is_peft_model else unwrap(trainer.ref_model)
+    # the models as PPOTrainer.step uses them (DDP- or DeepSpeed-wrapped: TRL unwraps, and gathers ZeRO-3 weights, to
+    # generate); with LoRA the reference is the policy with its adapters disabled (TRL's optional_peft_ctx)
+    policy = trainer.model
+    reference = policy if trainer.is_peft_model else trainer.ref_model
     as_reference = trainer.optional_peft_ctx
     device = trainer.accelerator.device
     queries = [torch.tensor(ids, device=device) for ids in tokenizer(prompts)["input_ids"]]

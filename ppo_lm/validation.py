@@ -17,9 +17,10 @@ from pathlib import Path
 
 import yaml
 from accelerate import Accelerator
-from accelerate.utils import DynamoBackend, PrecisionType, ProjectConfiguration, is_fp8_available, parse_flag_from_env
+from accelerate.utils import DynamoBackend, PrecisionType, ProjectConfiguration, is_fp8_available
 
 from ppo_lm.errors import RunError
+from ppo_lm import zero
 from ppo_lm.hub import check_hub
 
 
@@ -258,10 +259,7 @@ def check_settings(args, config, model_args) -> None:
     if args.min_kl_coef is not None and args.min_kl_coef > config.init_kl_coef:
         raise RunError(f"min_kl_coef ({args.min_kl_coef}) is above init_kl_coef ({config.init_kl_coef}): beta starts at "
                        "init_kl_coef, so set min_kl_coef to at most that")
-    if parse_flag_from_env("ACCELERATE_USE_DEEPSPEED"):
-        raise RunError("DeepSpeed is not supported by this script's checkpoints (ZeRO shards the optimizer state, so "
-                       "a resume would not be exact): launch with DDP (configs/accelerate/multi_gpu.yaml), with "
-                       "use_peft for large models")
+    zero.check(args.save_merged)
     if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
         raise RunError(f"output_dir '{args.output_dir}' is a file, not a directory: choose another output_dir")
     changed = {k: getattr(args, k) for k, v in HONEST_SAMPLING.items() if getattr(args, k) != v}

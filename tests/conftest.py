@@ -65,6 +65,7 @@ def launch(n: int, *args, env: dict | None = None) -> list[subprocess.Popen]:
                        "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "RANK": str(rank), "LOCAL_RANK": str(rank),
                        "WORLD_SIZE": str(n), "LOCAL_WORLD_SIZE": str(n), "MASTER_ADDR": "127.0.0.1",
                        "MASTER_PORT": str(port), **(env or {})}
+        process_env = {k: v for k, v in process_env.items() if v is not None}  # env: None removes a variable
         procs.append(subprocess.Popen([sys.executable, str(ROOT / "train_ppo.py"), *map(str, args)], cwd=ROOT,
                                       env=process_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     return procs

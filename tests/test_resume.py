@@ -145,13 +145,3 @@ def test_weights_blown_up_stop_the_run_in_one_line(slow_config, tmp_path):
     assert "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: step ") and "training diverged" in last, last
-
-
-def test_deepspeed_is_refused_at_start_up(tiny_config, tmp_path, monkeypatch):
-    import train_ppo
-    from ppo_lm.errors import RunError
-
-    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
-    with pytest.raises(RunError, match="^DeepSpeed is not supported by this script's checkpoints"):
-        train_ppo.main(["--config", str(tiny_config())])
-    assert not (tmp_path / "run").exists()
