@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from ppo_lm import zero
 from ppo_lm.reward_contract import compute_rewards
 
 
@@ -20,10 +21,12 @@ def evaluate(trainer, tokenizer, prompts: list[str], scorers: dict, reward_kwarg
     `scorers` maps a name to a reward function; the first is the training reward. Each response is cut to a length
     drawn from `response_lengths` (inclusive), the same lengths before and after, so the KL here is the estimator
     and the length distribution of the training KL (`objective/kl`)."""
-    # the models as PPOTrainer.step uses them (DDP- or DeepSpeed-wrapped: TRL unwraps, and gathers ZeRO-3 weights, to
-    # generate); with LoRA the reference is the policy with its adapters disabled (TRL's optional_peft_ctx)
-    policy = trainer.model
-    reference = policy if trainer.is_peft_model else trainer.ref_model
+    # The bare models: one process evaluates, and a DDP forward would wait for the others. Under ZeRO-3 every process
+    # evaluates in step through the engines (TRL gathers their weights to generate). With LoRA the reference is the
+    # policy with its adapters disabled (TRL's optional_peft_ctx).
+    unwrap = (lambda model: model) if zero.zero3(trainer.model) else trainer.accelerator.unwrap_model
+    policy = unwrap(trainer.model)
+    reference = policy if trainer.is_peft_model else unwrap(trainer.ref_model)
     as_reference = trainer.optional_peft_ctx
     device = trainer.accelerator.device
     queries = [torch.tensor(ids, device=device) for ids in tokenizer(prompts)["input_ids"]]

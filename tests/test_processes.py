@@ -56,18 +56,21 @@ def run_two(config, *argv, on_start=None, timeout=240):
 
 def test_two_processes_split_the_batch_and_one_writes(tiny_config, tmp_path):
     (tmp_path / "rewards.py").write_text(REWARDS)
+    (tmp_path / "held_out.txt").write_text("The film was\nThe plot\n")
     config = tiny_config(reward_fn=f"{tmp_path / 'rewards.py'}:words", reward_kwargs={"out": str(tmp_path)},
-                         batch_size=8, mini_batch_size=4, steps=3, save_steps=2)
+                         batch_size=8, mini_batch_size=4, steps=3, save_steps=2, eval_file=str(tmp_path / "held_out.txt"))
     codes, stderr = run_two(config)
     assert codes == [0, 0], stderr
     out = tmp_path / "run"
     rows = read_metrics(out / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2, 3]
     assert all(r["env/episodes"] == 16 for r in rows)  # 8 per process, gathered from both
-    assert (tmp_path / "calls-0").read_text() == (tmp_path / "calls-1").read_text() == "4"  # start-up + 3 steps
+    # start-up + 3 steps on each, and the held-out report's two scorings (before, after) on the main process
+    assert (tmp_path / "calls-0").read_text() == "6" and (tmp_path / "calls-1").read_text() == "4"
     assert stderr[0].count("saved the tuned policy") == 1 and "saved the tuned policy" not in stderr[1]
     assert [p.name for p in list_checkpoints(out)] == ["checkpoint-2", "checkpoint-3"]
     assert AutoModelForCausalLM.from_pretrained(out).config.n_layer == 2
+    assert f"held-out {tmp_path / 'rewards.py'}:words: mean" in stderr[0]  # evaluated by the main process alone
 
 
 def test_an_error_on_one_process_ends_both_with_one_line(tiny_config, tmp_path):
