@@ -46,16 +46,16 @@ from ppo_lm import zero
 from ppo_lm.checkpoints import find_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint, save_policy
 from ppo_lm.data import batch_indices, fit_prompts, load_texts, read_eval_prompts
 from ppo_lm.errors import RunError, exits_cleanly
-from ppo_lm.evaluation import evaluate, write_eval_report
+from ppo_lm.evaluation import DuringTraining, best_evaluation, evaluate, write_eval_report
 from ppo_lm.hub import push_to_hub
 from ppo_lm.kl_control import FlooredKLController
-from ppo_lm.metrics import append_row, log_to_trackers, print_table, scalar_stats, truncate_metrics
+from ppo_lm.metrics import append_row, log_to_trackers, print_table, read_metrics, scalar_stats, truncate_metrics
 from ppo_lm.model_card import write_model_card
 from ppo_lm.models import load_policy_and_reference, load_tokenizer
 from ppo_lm.output_dir import NewRun, holds_earlier_run, lock_output_dir, recover_interrupted_start
 from ppo_lm.reward_contract import compute_rewards, load_reward_fn
 from ppo_lm.run_config import check_resume_settings, run_settings, save_run_config
-from ppo_lm.stopping import StopSignals, agreed_stop, together
+from ppo_lm.stopping import StopSignals, agreed_stop, main_says, together
 from ppo_lm.validation import HONEST_SAMPLING, UNUSED_FIELDS, JsonDict, check_settings, check_values, parse_config
 
 
@@ -102,6 +102,11 @@ class ScriptArguments:
     sample_every: int = field(default=20, metadata={"help": "Print a table of samples every N steps; 0 = never."})
     eval_file: Optional[str] = field(
         default=None, metadata={"help": "Held-out prompts, one per line: compare reference and tuned policy at the end."})
+    eval_steps: int = field(
+        default=0, metadata={"help": "Also evaluate on held-out prompts every N steps (eval/... columns of "
+                             "metrics.jsonl; the best step's checkpoint is kept); 0 = only at the end."})
+    eval_samples: int = field(
+        default=64, metadata={"help": "Held-out prompts (the first N of eval_file) for the evaluations every eval_steps."})
     eval_reward_fns: list[str] = field(
         default_factory=list, metadata={"help": "Judges for the evaluation: reward functions the policy never trained "
                                         "on, called with reward_kwargs (e.g. vader sentiment_positive)."})
@@ -224,16 +229,13 @@ def stopped(signum: int, step: int, path: Path, argv: list[str]) -> RunError:
                     f"with: {resume}", code=128 + signum)
 
 
-def report_run(trainer, tokenizer, args, model_args, settings, eval_prompts, reward_fn, judges, generation_kwargs,
-               main_process: bool):
+def report_run(trainer, args, model_args, settings, eval_prompts, held_out_settings: dict, main_process: bool):
     """End of run: reference vs tuned policy on held-out prompts (same sampling and seed), the training curves, the
     model card, the merged model and the hub push when asked for. Main process; under ZeRO-3 every process
     evaluates in step (each holds a shard of the weights) and the main one writes."""
     output_dir = Path(args.output_dir)
     if eval_prompts:
-        report = evaluate(trainer, tokenizer, eval_prompts, {args.reward_fn: reward_fn} | judges, args.reward_kwargs,
-                          generation_kwargs, (args.response_min_tokens, args.response_max_tokens),
-                          args.generation_batch_size, settings["seed"])
+        report = evaluate(trainer, prompts=eval_prompts, **held_out_settings)
     if not main_process:
         return
     if eval_prompts:
@@ -244,11 +246,12 @@ def report_run(trainer, tokenizer, args, model_args, settings, eval_prompts, rew
         print(write_eval_report(report, output_dir), file=sys.stderr)
     print(f"training curves: {plot_run(output_dir)}", file=sys.stderr)
     eval_md = (output_dir / "eval.md").read_text() if eval_prompts else None
-    print(f"model card: {write_model_card(output_dir, settings, eval_md)}", file=sys.stderr)
+    best = best_evaluation(read_metrics(output_dir / "metrics.jsonl"), settings["target"])
+    print(f"model card: {write_model_card(output_dir, settings, eval_md, best)}", file=sys.stderr)
     if model_args.use_peft and args.save_merged:  # last: merging folds the adapters into the base weights
         policy = trainer.accelerator.unwrap_model(trainer.model)
         policy.pretrained_model.merge_and_unload().save_pretrained(output_dir / "merged", safe_serialization=True)
-        tokenizer.save_pretrained(output_dir / "merged")
+        held_out_settings["tokenizer"].save_pretrained(output_dir / "merged")
         print(f"merged model (base + adapters): {output_dir / 'merged'}", file=sys.stderr)
     if args.hub_model_id:
         print(f"pushed to the hub: {push_to_hub(output_dir, args.hub_model_id)}", file=sys.stderr)
@@ -317,7 +320,14 @@ def main(argv: list[str]) -> None:
         response_length = LengthSampler(args.response_min_tokens, args.response_max_tokens + 1)
         generation_kwargs = {k: getattr(args, k) for k in HONEST_SAMPLING} | {
             "max_new_tokens": args.response_max_tokens, "pad_token_id": tokenizer.pad_token_id}
+        held_out_settings = {"tokenizer": tokenizer, "scorers": {args.reward_fn: reward_fn} | judges,
+                             "reward_kwargs": args.reward_kwargs, "generation_kwargs": generation_kwargs,
+                             "response_lengths": (args.response_min_tokens, args.response_max_tokens),
+                             "batch_size": args.generation_batch_size, "seed": config.seed}
+        held_out = DuringTraining(args.eval_steps, {"prompts": (eval_prompts or [])[: args.eval_samples]} |
+                                  held_out_settings, config.target, read_metrics(metrics_path) if checkpoint else [])
         trainable = [p for p in trainer.model.parameters() if p.requires_grad]
+        started = time.perf_counter()
         progress = tqdm(range(start_step + 1, config.steps + 1), initial=start_step, total=config.steps,
                         desc="PPO", disable=not state.is_main_process, dynamic_ncols=True)
         for step in progress:
@@ -359,6 +369,8 @@ def main(argv: list[str]) -> None:
                 row["memory/peak_gb"] = torch.cuda.max_memory_allocated() / 2**30
                 torch.cuda.reset_peak_memory_stats()
             check_finite(row, trainable, args.output_dir)
+            if held_out.due(step) and (state.is_main_process or zero.zero3(trainer.model)):
+                row |= held_out.run(trainer, time.perf_counter() - started)  # the held-out prompts, every eval_steps
             samples = {"prompt": batch["query"], "response": response_texts, "reward": scores} \
                 if args.sample_every and step % args.sample_every == 0 else None
             if config.log_with:
@@ -371,11 +383,13 @@ def main(argv: list[str]) -> None:
                     print_table(f"samples at step {step}", list(samples), *samples.values())
             new_run.started()  # the earlier run it replaces, if any, is deleted now
 
-            # 5. Checkpoint: on schedule, and at a stop signal received at any point of this step (agreed by all)
+            # 5. Checkpoint: on schedule, at a new best held-out evaluation (kept past save_total_limit), and at a
+            #    stop signal received at any point of this step (agreed by all)
             stop_signal = agreed_stop(state, stop_signals)
-            if stop_signal or step % args.save_steps == 0 or step == config.steps:
+            best = held_out.due(step) and main_says(state, held_out.is_new_best(row))
+            if stop_signal or best or step % args.save_steps == 0 or step == config.steps:
                 path = save_checkpoint(accelerator, trainer, tokenizer, args.output_dir, step, args.save_total_limit,
-                                       settings)
+                                       settings, keep=held_out.keep)
                 if stop_signal:
                     raise stopped(stop_signal, step, path, argv)
         progress.close()
@@ -383,8 +397,7 @@ def main(argv: list[str]) -> None:
     # ---- Save: the tuned policy with its value head and the tokenizer, loadable both ways; then the reports
     save_policy(accelerator, trainer, tokenizer, args.output_dir)
     if state.is_main_process or zero.zero3(trainer.model):
-        report_run(trainer, tokenizer, args, model_args, settings, eval_prompts, reward_fn, judges, generation_kwargs,
-                   state.is_main_process)
+        report_run(trainer, args, model_args, settings, eval_prompts, held_out_settings, state.is_main_process)
     # the other processes wait here for the main one's saving: gloo's shutdown in destroy_process_group hung a
     # process now and then (about 1 run in 10 of the 2-process tests) when the others had already exited
     accelerator.wait_for_everyone()

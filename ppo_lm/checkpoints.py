@@ -76,11 +76,12 @@ def write_failed(what: str, path, e: Exception, code: int = 1) -> RunError:
 
 
 def save_checkpoint(accelerator, trainer, tokenizer, output_dir: str, step: int, save_total_limit: int,
-                    settings: dict) -> Path:
+                    settings: dict, keep: set[int] = frozenset()) -> Path:
     """Called on every process. The main process writes the policy with its value head, the tokenizer, the optimizer
     state, the run's settings and trainer_state.json (step, the KL coefficient, TRL's step counter, the running
     score moments of use_score_scaling); every process writes its own RNG states (rng-RANK.pt), so a resumed
-    multi-process run samples exactly as an uninterrupted one. Keeps the newest `save_total_limit`. A failed write
+    multi-process run samples exactly as an uninterrupted one. Keeps the newest `save_total_limit`, and the steps
+    in `keep` (the best held-out evaluation's) besides. A failed write
     (a full disk) removes the partial checkpoint-N.tmp, keeps the earlier checkpoints and ends the run on every
     process with one line."""
     final, tmp = Path(output_dir, f"checkpoint-{step}"), Path(output_dir, f"checkpoint-{step}.tmp")
@@ -123,8 +124,10 @@ def save_checkpoint(accelerator, trainer, tokenizer, output_dir: str, step: int,
                     tmp.rename(final)
                 except OSError as e:
                     raise write_failed(f"checkpoint {step}", tmp, e) from None
-                for old in list_checkpoints(output_dir)[:-save_total_limit]:
-                    shutil.rmtree(old, ignore_errors=True)
+                newest = list_checkpoints(output_dir)[-save_total_limit:]
+                for old in list_checkpoints(output_dir):
+                    if old not in newest and int(CHECKPOINT_DIR.match(old.name).group(1)) not in keep:
+                        shutil.rmtree(old, ignore_errors=True)
     except RunError:
         if accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)

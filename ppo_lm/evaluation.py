@@ -15,12 +15,13 @@ from ppo_lm.reward_contract import compute_rewards
 
 
 def evaluate(trainer, tokenizer, prompts: list[str], scorers: dict, reward_kwargs: dict, generation_kwargs: dict,
-             response_lengths: tuple[int, int], batch_size: int, seed: int) -> dict:
+             response_lengths: tuple[int, int], batch_size: int, seed: int, before: dict | None = None) -> dict:
     """Scores before (reference) and after (tuned policy), and KL(policy || reference) on the policy's samples.
 
     `scorers` maps a name to a reward function; the first is the training reward. Each response is cut to a length
     drawn from `response_lengths` (inclusive), the same lengths before and after, so the KL here is the estimator
-    and the length distribution of the training KL (`objective/kl`)."""
+    and the length distribution of the training KL (`objective/kl`). `before`, a report's "before" part from an
+    earlier call on the same prompts and seed, is reused (the reference is frozen)."""
     # The bare models: one process evaluates, and a DDP forward would wait for the others. Under ZeRO-3 every process
     # evaluates in step through the engines (TRL gathers their weights to generate). With LoRA the reference is the
     # policy with its adapters disabled (TRL's optional_peft_ctx).
@@ -33,7 +34,11 @@ def evaluate(trainer, tokenizer, prompts: list[str], scorers: dict, reward_kwarg
     low, high = response_lengths
     lengths = torch.randint(low, high + 1, (len(prompts),), generator=torch.Generator().manual_seed(seed)).tolist()
     report, samples = {"prompts": prompts, "scorers": list(scorers), "response_tokens": [low, high]}, {}
+    if before is not None:
+        report["before"] = before
     for name, model, context in [("before", reference, as_reference), ("after", policy, nullcontext)]:
+        if name in report:
+            continue
         torch.manual_seed(seed)
         with context():
             generated = trainer._generate_batched(model, queries, batch_size=batch_size, return_prompt=False,
@@ -85,3 +90,52 @@ def write_eval_report(report: dict, output_dir, n_samples: int = 10) -> str:
         f"{table}\n| prompt | before | {reward} | after | {reward} |\n|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
     Path(output_dir, "eval.json").write_text(json.dumps(report, indent=1))
     return summary
+
+
+def held_out_row(report: dict, seconds: float) -> dict:
+    """A held-out evaluation during training, as metrics columns: the training reward's mean (eval/reward), each
+    judge's (eval/JUDGE), the KL, and the wall time since the run started."""
+    reward, *judges = report["scorers"]
+    return {"eval/reward": report["after"][reward]["mean"], **{f"eval/{j}": report["after"][j]["mean"] for j in judges},
+            "eval/kl": report["kl"], "eval/seconds": seconds}
+
+
+def best_evaluation(rows: list[dict], target: float) -> dict | None:
+    """The metrics row with the best held-out reward among the evaluations whose held-out KL is within target."""
+    within = [r for r in rows if "eval/reward" in r and r["eval/kl"] <= target]
+    return max(within, key=lambda r: r["eval/reward"]) if within else None
+
+
+class DuringTraining:
+    """eval_steps: the held-out evaluation every N steps, on the first eval_samples prompts of eval_file, with the
+    sampling, seed and KL estimator of the end-of-run report (the reference's side is computed once). It runs on
+    the main process (on every process under ZeRO-3) with the RNG forked, so training samples exactly as without
+    it. `best` is the row with the best held-out reward within the KL target (also over a resumed run's rows)."""
+
+    def __init__(self, every: int, evaluate_kwargs: dict, target: float, earlier_rows: list[dict]):
+        self.every, self.kwargs, self.target = every, evaluate_kwargs, target
+        self.before = None
+        self.best = best_evaluation(earlier_rows, target)
+
+    def due(self, step: int) -> bool:
+        return bool(self.every) and step % self.every == 0
+
+    def run(self, trainer, seconds: float) -> dict:
+        devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+        with torch.random.fork_rng(devices=devices):
+            report = evaluate(trainer, before=self.before, **self.kwargs)
+        self.before = report["before"]
+        return held_out_row(report, seconds)
+
+    def is_new_best(self, row: dict) -> bool:
+        if "eval/reward" not in row or best_evaluation([row], self.target) is None:
+            return False
+        if self.best is not None and row["eval/reward"] <= self.best["eval/reward"]:
+            return False
+        self.best = row
+        return True
+
+    @property
+    def keep(self) -> set[int]:
+        """Checkpoints that save_total_limit never prunes: the best step's."""
+        return {self.best["step"]} if self.best else set()

@@ -7,7 +7,7 @@ from pathlib import Path
 CARD_MARK = "<!-- written by train_ppo.py -->"
 
 
-def write_model_card(output_dir, settings: dict, eval_md: str | None) -> Path:
+def write_model_card(output_dir, settings: dict, eval_md: str | None, best: dict | None = None) -> Path:
     """README.md in output_dir: huggingface_hub's ModelCard with what was tuned, on what, against what reward."""
     from huggingface_hub import ModelCard, ModelCardData
 
@@ -24,6 +24,11 @@ def write_model_card(output_dir, settings: dict, eval_md: str | None) -> Path:
             f"from transformers import AutoModelForCausalLM\nmodel = AutoModelForCausalLM.from_pretrained("
             f"\"{Path(output_dir).resolve()}\")\n# with the PPO value head: trl.AutoModelForCausalLMWithValueHead")
     results = eval_md.split("\n", 2)[2] if eval_md else "No held-out evaluation (set `eval_file`).\n"
+    if best:  # eval_steps: the evaluations during training, on the first eval_samples prompts
+        results += (f"\n**Best held-out step within the KL target** (evaluations every `eval_steps` = "
+                    f"{settings['eval_steps']} steps on {settings['eval_samples']} prompts): step {best['step']}, "
+                    f"reward {best['eval/reward']:+.3f} at KL {best['eval/kl']:.2f} (target {settings['target']}); its "
+                    f"checkpoint, `checkpoint-{best['step']}`, is kept.\n")
     card = ModelCard(f"""---
 {data.to_yaml()}
 ---

@@ -62,3 +62,12 @@ def agreed_stop(state, received_signals: list) -> int:
     with together(state, received_signals) as outcome:
         pass
     return outcome.stop_signal
+
+
+def main_says(state, value: bool) -> bool:
+    """The main process's decision, on every process (it alone evaluates, for example)."""
+    if state.num_processes == 1:
+        return value
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([value], from_process=0)[0]

@@ -46,7 +46,7 @@ RANGES = {
     "prompt_min_tokens": "[1, inf)", "prompt_max_tokens": "[1, inf)", "response_min_tokens": "[1, inf)",
     "response_max_tokens": "[1, inf)", "generation_batch_size": "[1, inf)", "top_k": "[0, inf)", "top_p": "(0, 1]",
     "temperature": "(0, inf)", "min_length": "[-1, inf)", "save_steps": "[1, inf)", "save_total_limit": "[1, inf)",
-    "sample_every": "[0, inf)", "min_kl_coef": "[0, inf)",
+    "sample_every": "[0, inf)", "min_kl_coef": "[0, inf)", "eval_steps": "[0, inf)", "eval_samples": "[1, inf)",
     # trl.PPOConfig
     "seed": "[0, 4294967295]", "steps": "[1, inf)", "learning_rate": "(0, inf)", "init_kl_coef": "[0, inf)",
     "target": "(0, inf)", "horizon": "(0, inf)", "gamma": "[0, 1]", "lam": "[0, 1]", "cliprange": "(0, inf)",
@@ -259,6 +259,9 @@ def check_settings(args, config, model_args) -> None:
     if args.min_kl_coef is not None and args.min_kl_coef > config.init_kl_coef:
         raise RunError(f"min_kl_coef ({args.min_kl_coef}) is above init_kl_coef ({config.init_kl_coef}): beta starts at "
                        "init_kl_coef, so set min_kl_coef to at most that")
+    if args.eval_steps and not args.eval_file:
+        raise RunError(f"eval_steps {args.eval_steps} evaluates on held-out prompts, but no eval_file is set: set "
+                       "eval_file (one prompt per line), or eval_steps: 0")
     zero.check(args.save_merged)
     if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
         raise RunError(f"output_dir '{args.output_dir}' is a file, not a directory: choose another output_dir")

@@ -174,6 +174,8 @@ CASES = [
     # accelerate refuses a value only when PPOTrainer builds the Accelerator, after the earlier run was set aside
     ("accelerate-refuses-at-trainer", {}, ["--accelerator_kwargs", '{{"kwargs_handlers": [1]}}'],
      "accelerate refused the run's settings while PPOTrainer set up (AssertionError"),
+    ("eval-steps-no-file", {}, ["--eval_steps", "5"], "eval_steps 5 evaluates on held-out prompts, but no eval_file"),
+    ("eval-samples-zero", {}, ["--eval_samples", "0"], "setting 'eval_samples' must be in [1, inf), got 0"),
     ("resume-changes-shape", {}, ["--use_peft", "true", "--resume_from_checkpoint", "latest"],
      "cannot resume from {out}/checkpoint-2: these settings differ from its run_config.yaml and change the "
      "model or optimizer shape (use_peft: False -> True)"),
