@@ -48,6 +48,12 @@ def test_eval_rows_leave_training_as_it_was(tiny_config, tmp_path, held_out):
     for a, b in zip(rows, read_metrics(tmp_path / "without" / "metrics.jsonl")):
         assert a["env/reward_mean"] == b["env/reward_mean"] and a["objective/kl"] == b["objective/kl"]
 
+    from plot import plot_frontier  # the frontier: drawn from the runs with held-out evaluations, None without
+
+    assert plot_frontier([tmp_path / "run", tmp_path / "without"], tmp_path / "f.png") == tmp_path / "f.png"
+    assert (tmp_path / "f.png").stat().st_size > 10_000
+    assert plot_frontier([tmp_path / "without"], tmp_path / "none.png") is None
+
 
 def test_the_best_checkpoint_is_kept_and_named(tiny_config, tmp_path, held_out):
     config = tiny_config(reward_fn=f"{tmp_path / 'rewards.py'}:fading", reward_kwargs={"out": str(tmp_path)},
