@@ -54,7 +54,7 @@ from ppo_lm.model_card import write_model_card
 from ppo_lm.models import load_policy_and_reference, load_tokenizer
 from ppo_lm.output_dir import NewRun, holds_earlier_run, lock_output_dir, recover_interrupted_start
 from ppo_lm.reward_contract import compute_rewards, load_reward_fn
-from ppo_lm.run_config import check_resume_settings, run_settings, save_run_config
+from ppo_lm.run_config import check_resume_settings, run_settings
 from ppo_lm.stopping import StopSignals, agreed_stop, main_says, together
 from ppo_lm.validation import HONEST_SAMPLING, UNUSED_FIELDS, JsonDict, check_settings, check_values, parse_config
 
@@ -106,7 +106,8 @@ class ScriptArguments:
         default=0, metadata={"help": "Also evaluate on held-out prompts every N steps (eval/... columns of "
                              "metrics.jsonl; the best step's checkpoint is kept); 0 = only at the end."})
     eval_samples: int = field(
-        default=64, metadata={"help": "Held-out prompts (the first N of eval_file) for the evaluations every eval_steps."})
+        default=64, metadata={"help": "Held-out prompts (the first N of eval_file) for the evaluations every "
+                              "eval_steps."})
     eval_reward_fns: list[str] = field(
         default_factory=list, metadata={"help": "Judges for the evaluation: reward functions the policy never trained "
                                         "on, called with reward_kwargs (e.g. vader sentiment_positive)."})

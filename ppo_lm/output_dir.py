@@ -102,7 +102,7 @@ class NewRun:
         if self.active:
             self.active = False
             if self.aside.exists():
-                gone = self.dir / f"{ASIDE}.deleting"  # one rename: a kill during the deletion leaves nothing to restore
+                gone = self.dir / f"{ASIDE}.deleting"  # one rename: a kill while deleting leaves nothing to restore
                 self.aside.rename(gone)
                 shutil.rmtree(gone)
 

@@ -34,7 +34,8 @@ def check(save_merged: bool) -> None:
         import deepspeed  # noqa: F401
     except ImportError:
         raise RunError("the accelerate config asks for DeepSpeed, which is not installed: pip install -r "
-                       "requirements.txt (it pins deepspeed), or launch with configs/accelerate/multi_gpu.yaml") from None
+                       "requirements.txt (it pins deepspeed), or launch with configs/accelerate/multi_gpu.yaml"
+                       ) from None
     if os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE"):
         raise RunError("a DeepSpeed config file (deepspeed_config_file) is not supported: set zero_stage in the "
                        "accelerate config, as configs/accelerate/deepspeed_zero2.yaml and deepspeed_zero3.yaml do")

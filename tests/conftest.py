@@ -69,3 +69,22 @@ def launch(n: int, *args, env: dict | None = None) -> list[subprocess.Popen]:
         procs.append(subprocess.Popen([sys.executable, str(ROOT / "train_ppo.py"), *map(str, args)], cwd=ROOT,
                                       env=process_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     return procs
+
+
+def run_launched(n: int, config, *argv, env: dict | None = None, on_start=None, timeout=240):
+    """`launch` n processes with --config and argv, wait for all (on_start(procs) first); (exit codes, stderrs). A
+    process that hangs ends them all, and the test fails showing what each said."""
+    import time
+
+    procs = launch(n, "--config", config, *argv, env=env)
+    if on_start:
+        on_start(procs)
+    deadline = time.time() + timeout
+    try:
+        outputs = [p.communicate(timeout=max(1, deadline - time.time())) for p in procs]
+    except subprocess.TimeoutExpired:
+        for p in procs:
+            p.kill()
+        pytest.fail(f"the {n} processes did not end within {timeout} s; stderr of each: "
+                    f"{[p.communicate()[1] for p in procs]}")
+    return [p.returncode for p in procs], [err for _, err in outputs]

@@ -2,7 +2,6 @@
 shipped accelerate configs: training, the saved policy, the held-out report, and an exact resume after SIGTERM."""
 
 import signal
-import subprocess
 import time
 
 import pytest
@@ -11,7 +10,7 @@ import yaml
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from conftest import ROOT, launch
+from conftest import ROOT, run_launched
 from ppo_lm.checkpoints import list_checkpoints
 from ppo_lm.metrics import read_metrics
 
@@ -31,19 +30,8 @@ def deepspeed_env(stage: int) -> dict:
             "ACCELERATE_MIXED_PRECISION": "no", "ACCELERATE_USE_CPU": None, "DS_ACCELERATOR": "cpu"}
 
 
-def run_two(stage, config, *argv, on_start=None, timeout=240):
-    procs = launch(2, "--config", config, *argv, env=deepspeed_env(stage))
-    if on_start:
-        on_start(procs)
-    deadline = time.time() + timeout
-    try:
-        outputs = [p.communicate(timeout=max(1, deadline - time.time())) for p in procs]
-    except subprocess.TimeoutExpired:
-        for p in procs:
-            p.kill()
-        pytest.fail(f"the two processes did not end within {timeout} s; stderr of each: "
-                    f"{[p.communicate()[1] for p in procs]}")
-    return [p.returncode for p in procs], [err for _, err in outputs]
+def run_two(stage, config, *argv, on_start=None):
+    return run_launched(2, config, *argv, env=deepspeed_env(stage), on_start=on_start)
 
 
 @pytest.mark.parametrize("stage, lora", [(2, False), (3, True)], ids=["zero2", "zero3-lora"])
@@ -58,7 +46,7 @@ def test_deepspeed_trains_saves_and_evaluates(tiny_config, tmp_path, stage, lora
     rows = read_metrics(out / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2, 3] and all(r["env/episodes"] == 16 for r in rows)  # 8 a process
     assert [p.name for p in list_checkpoints(out)] == ["checkpoint-2", "checkpoint-3"]
-    shards = sorted(p.name for p in (out / "checkpoint-3" / "deepspeed" / "state").glob("zero_pp_rank_*_optim_states.pt"))
+    shards = list((out / "checkpoint-3" / "deepspeed" / "state").glob("zero_pp_rank_*_optim_states.pt"))
     assert len(shards) == 2  # each process saved its own shard of the optimizer state
     assert "held-out vader" in stderr[0] and (out / "eval.md").is_file()
     weights = load_file(out / ("adapter_model.safetensors" if lora else "model.safetensors"))

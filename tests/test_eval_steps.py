@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from conftest import launch, run_script
+from conftest import run_launched, run_script
 from ppo_lm.checkpoints import list_checkpoints
 from ppo_lm.metrics import read_metrics
 
@@ -70,18 +70,19 @@ def test_eval_steps_on_two_processes_and_a_resume(tiny_config, tmp_path, held_ou
     config = tiny_config(reward_fn=f"{tmp_path / 'rewards.py'}:slow_vader", batch_size=8, mini_batch_size=4,
                          steps=6, save_steps=100, **held_out)
     out = tmp_path / "run"
-    procs = launch(2, "--config", config)
-    deadline = time.time() + 120
-    while len(read_metrics(out / "metrics.jsonl")) < 3 and time.time() < deadline:
-        time.sleep(0.05)
-    procs[1].send_signal(signal.SIGTERM)
-    errors = [p.communicate(timeout=240)[1] for p in procs]
-    assert [p.returncode for p in procs] == [128 + signal.SIGTERM] * 2, errors
+
+    def terminate_rank_1(procs):
+        deadline = time.time() + 120
+        while len(read_metrics(out / "metrics.jsonl")) < 3 and time.time() < deadline:
+            time.sleep(0.05)
+        procs[1].send_signal(signal.SIGTERM)
+
+    codes, errors = run_launched(2, config, on_start=terminate_rank_1)
+    assert codes == [128 + signal.SIGTERM] * 2, errors
     stopped_at = max(r["step"] for r in read_metrics(out / "metrics.jsonl"))
 
-    procs = launch(2, "--config", config, "--resume_from_checkpoint", "latest")
-    errors = [p.communicate(timeout=240)[1] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], errors
+    codes, errors = run_launched(2, config, "--resume_from_checkpoint", "latest")
+    assert codes == [0, 0], errors
     rows = read_metrics(out / "metrics.jsonl")
     assert [r["step"] for r in rows] == list(range(1, 7)), stopped_at
     assert [r["step"] for r in rows if "eval/reward" in r] == [2, 4, 6]  # each once, across the resume

@@ -17,7 +17,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from conftest import ROOT, launch, run_script
+from conftest import ROOT, run_launched, run_script
 from ppo_lm.checkpoints import list_checkpoints
 from ppo_lm.metrics import read_metrics
 
@@ -180,17 +180,8 @@ def test_a_stop_during_the_update_checkpoints_that_step(faults, tmp_path, signum
 def run_processes(n: int, config, *argv) -> list[subprocess.CompletedProcess]:
     if n == 1:
         return [run_script("--config", config, *argv)]
-    procs = launch(n, "--config", config, *argv)
-    results = []
-    for p in procs:
-        try:
-            _, err = p.communicate(timeout=240)
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            pytest.fail(f"{n} processes did not end within 240 s")
-        results.append(subprocess.CompletedProcess(p.args, p.returncode, "", err))
-    return results
+    codes, stderr = run_launched(n, config, *argv)
+    return [subprocess.CompletedProcess([], code, "", err) for code, err in zip(codes, stderr)]
 
 
 @pytest.mark.parametrize("processes", [1, 2])

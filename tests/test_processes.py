@@ -2,7 +2,6 @@
 stop signal on one process ends both at the same step."""
 
 import signal
-import subprocess
 import time
 
 import pytest
@@ -10,7 +9,7 @@ import pytest
 from transformers import AutoModelForCausalLM
 
 from ppo_lm.checkpoints import list_checkpoints
-from conftest import launch
+from conftest import run_launched
 from ppo_lm.metrics import read_metrics
 
 # Each process records its pid and counts its calls: the first is the start-up check (two dataset prompts), then one
@@ -40,25 +39,15 @@ def fails_on_rank_1(prompts, responses, out="", **kwargs):
 
 
 def run_two(config, *argv, on_start=None, timeout=240):
-    procs = launch(2, "--config", config, *argv)
-    if on_start:
-        on_start(procs)
-    deadline = time.time() + timeout
-    try:
-        outputs = [p.communicate(timeout=max(1, deadline - time.time())) for p in procs]
-    except subprocess.TimeoutExpired:  # one process hangs: end both, and show what each said
-        for p in procs:
-            p.kill()
-        stderr = [p.communicate()[1] for p in procs]
-        pytest.fail(f"the two processes did not end within {timeout} s; stderr of each: {stderr}")
-    return [p.returncode for p in procs], [err for _, err in outputs]
+    return run_launched(2, config, *argv, on_start=on_start, timeout=timeout)
 
 
 def test_two_processes_split_the_batch_and_one_writes(tiny_config, tmp_path):
     (tmp_path / "rewards.py").write_text(REWARDS)
     (tmp_path / "held_out.txt").write_text("The film was\nThe plot\n")
     config = tiny_config(reward_fn=f"{tmp_path / 'rewards.py'}:words", reward_kwargs={"out": str(tmp_path)},
-                         batch_size=8, mini_batch_size=4, steps=3, save_steps=2, eval_file=str(tmp_path / "held_out.txt"))
+                         batch_size=8, mini_batch_size=4, steps=3, save_steps=2,
+                         eval_file=str(tmp_path / "held_out.txt"))
     codes, stderr = run_two(config)
     assert codes == [0, 0], stderr
     out = tmp_path / "run"
