@@ -282,7 +282,7 @@ def test_ctrl_c_while_importing_is_one_line(faults, tmp_path):
     proc = subprocess.Popen([sys.executable, str(ROOT / "train_ppo.py"), "--config", str(faults())], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "PYTHONUNBUFFERED": "1"})
-    time.sleep(0.7)  # python is up and importing torch / transformers / TRL (several seconds here)
+    time.sleep(1.5)  # python is up and importing torch / transformers / TRL (several seconds here)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
