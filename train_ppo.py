@@ -55,7 +55,7 @@ from ppo_lm.models import load_policy_and_reference, load_tokenizer
 from ppo_lm.output_dir import NewRun, holds_earlier_run, lock_output_dir, recover_interrupted_start
 from ppo_lm.reward_contract import compute_rewards, load_reward_fn
 from ppo_lm.run_config import check_resume_settings, run_settings
-from ppo_lm.stopping import StopSignals, agreed_stop, main_says, together
+from ppo_lm.stopping import StopSignals, agreed_stop, finish, main_says, together
 from ppo_lm.validation import HONEST_SAMPLING, UNUSED_FIELDS, JsonDict, check_settings, check_values, parse_config
 
 
@@ -399,10 +399,7 @@ def main(argv: list[str]) -> None:
     save_policy(accelerator, trainer, tokenizer, args.output_dir)
     if state.is_main_process or zero.zero3(trainer.model):
         report_run(trainer, args, model_args, settings, eval_prompts, held_out_settings, state.is_main_process)
-    # the other processes wait here for the main one's saving: gloo's shutdown in destroy_process_group hung a
-    # process now and then (about 1 run in 10 of the 2-process tests) when the others had already exited
-    accelerator.wait_for_everyone()
-    accelerator.end_training()  # closes log_with's tracker (and the process group)
+    finish(accelerator)  # every process waits for the main one's saving, then the tracker is closed
 
 
 if __name__ == "__main__":
