@@ -46,7 +46,7 @@ from ppo_lm import zero
 from ppo_lm.checkpoints import find_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint, save_policy
 from ppo_lm.data import batch_indices, fit_prompts, load_texts, read_eval_prompts
 from ppo_lm.errors import RunError, exits_cleanly
-from ppo_lm.evaluation import DuringTraining, best_evaluation, evaluate, write_eval_report
+from ppo_lm.evaluation import DuringTraining, evaluate, evaluates_here, write_eval_report
 from ppo_lm.hub import push_to_hub
 from ppo_lm.kl_control import FlooredKLController
 from ppo_lm.metrics import append_row, log_to_trackers, print_table, read_metrics, scalar_stats, truncate_metrics
@@ -230,13 +230,24 @@ def stopped(signum: int, step: int, path: Path, argv: list[str]) -> RunError:
                     f"with: {resume}", code=128 + signum)
 
 
-def report_run(trainer, args, model_args, settings, eval_prompts, held_out_settings: dict, main_process: bool):
+def held_out_evaluation(args, config, tokenizer, scorers: dict, generation_kwargs: dict, eval_prompts,
+                        earlier_rows: list[dict]) -> DuringTraining:
+    """The held-out measurement, every eval_steps on the first eval_samples prompts and at the end on all: the
+    training sampling, lengths and seed, the training reward and the judges."""
+    settings = {"tokenizer": tokenizer, "scorers": scorers, "reward_kwargs": args.reward_kwargs,
+                "generation_kwargs": generation_kwargs, "batch_size": args.generation_batch_size, "seed": config.seed,
+                "response_lengths": (args.response_min_tokens, args.response_max_tokens)}
+    return DuringTraining(args.eval_steps, (eval_prompts or [])[: args.eval_samples], settings, config.target,
+                          earlier_rows)
+
+
+def report_run(trainer, tokenizer, args, model_args, settings, eval_prompts, held_out: DuringTraining,
+               main_process: bool):
     """End of run: reference vs tuned policy on held-out prompts (same sampling and seed), the training curves, the
-    model card, the merged model and the hub push when asked for. Main process; under ZeRO-3 every process
-    evaluates in step (each holds a shard of the weights) and the main one writes."""
+    model card, the merged model and the hub push when asked for. Where evaluates_here; the main process writes."""
     output_dir = Path(args.output_dir)
     if eval_prompts:
-        report = evaluate(trainer, prompts=eval_prompts, **held_out_settings)
+        report = evaluate(trainer, prompts=eval_prompts, **held_out.settings)
     if not main_process:
         return
     if eval_prompts:
@@ -247,12 +258,11 @@ def report_run(trainer, args, model_args, settings, eval_prompts, held_out_setti
         print(write_eval_report(report, output_dir), file=sys.stderr)
     print(f"training curves: {plot_run(output_dir)}", file=sys.stderr)
     eval_md = (output_dir / "eval.md").read_text() if eval_prompts else None
-    best = best_evaluation(read_metrics(output_dir / "metrics.jsonl"), settings["target"])
-    print(f"model card: {write_model_card(output_dir, settings, eval_md, best)}", file=sys.stderr)
+    print(f"model card: {write_model_card(output_dir, settings, eval_md, held_out.best)}", file=sys.stderr)
     if model_args.use_peft and args.save_merged:  # last: merging folds the adapters into the base weights
         policy = trainer.accelerator.unwrap_model(trainer.model)
         policy.pretrained_model.merge_and_unload().save_pretrained(output_dir / "merged", safe_serialization=True)
-        held_out_settings["tokenizer"].save_pretrained(output_dir / "merged")
+        tokenizer.save_pretrained(output_dir / "merged")
         print(f"merged model (base + adapters): {output_dir / 'merged'}", file=sys.stderr)
     if args.hub_model_id:
         print(f"pushed to the hub: {push_to_hub(output_dir, args.hub_model_id)}", file=sys.stderr)
@@ -321,12 +331,8 @@ def main(argv: list[str]) -> None:
         response_length = LengthSampler(args.response_min_tokens, args.response_max_tokens + 1)
         generation_kwargs = {k: getattr(args, k) for k in HONEST_SAMPLING} | {
             "max_new_tokens": args.response_max_tokens, "pad_token_id": tokenizer.pad_token_id}
-        held_out_settings = {"tokenizer": tokenizer, "scorers": {args.reward_fn: reward_fn} | judges,
-                             "reward_kwargs": args.reward_kwargs, "generation_kwargs": generation_kwargs,
-                             "response_lengths": (args.response_min_tokens, args.response_max_tokens),
-                             "batch_size": args.generation_batch_size, "seed": config.seed}
-        held_out = DuringTraining(args.eval_steps, {"prompts": (eval_prompts or [])[: args.eval_samples]} |
-                                  held_out_settings, config.target, read_metrics(metrics_path) if checkpoint else [])
+        held_out = held_out_evaluation(args, config, tokenizer, {args.reward_fn: reward_fn} | judges, generation_kwargs,
+                                       eval_prompts, read_metrics(metrics_path) if checkpoint else [])
         trainable = [p for p in trainer.model.parameters() if p.requires_grad]
         started = time.perf_counter()
         progress = tqdm(range(start_step + 1, config.steps + 1), initial=start_step, total=config.steps,
@@ -370,7 +376,7 @@ def main(argv: list[str]) -> None:
                 row["memory/peak_gb"] = torch.cuda.max_memory_allocated() / 2**30
                 torch.cuda.reset_peak_memory_stats()
             check_finite(row, trainable, args.output_dir)
-            if held_out.due(step) and (state.is_main_process or zero.zero3(trainer.model)):
+            if held_out.due(step) and evaluates_here(accelerator):
                 row |= held_out.run(trainer, time.perf_counter() - started)  # the held-out prompts, every eval_steps
             samples = {"prompt": batch["query"], "response": response_texts, "reward": scores} \
                 if args.sample_every and step % args.sample_every == 0 else None
@@ -397,8 +403,8 @@ def main(argv: list[str]) -> None:
 
     # ---- Save: the tuned policy with its value head and the tokenizer, loadable both ways; then the reports
     save_policy(accelerator, trainer, tokenizer, args.output_dir)
-    if state.is_main_process or zero.zero3(trainer.model):
-        report_run(trainer, args, model_args, settings, eval_prompts, held_out_settings, state.is_main_process)
+    if evaluates_here(accelerator):
+        report_run(trainer, tokenizer, args, model_args, settings, eval_prompts, held_out, state.is_main_process)
     finish(accelerator)  # every process waits for the main one's saving, then the tracker is closed
 
 

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import yaml
 from transformers.trainer_utils import get_last_checkpoint
+from trl.models.utils import unwrap_model_for_generation
 
 from ppo_lm import zero
 from ppo_lm.errors import RunError
@@ -81,8 +82,7 @@ def save_checkpoint(accelerator, trainer, tokenizer, output_dir: str, step: int,
     state, the run's settings and trainer_state.json (step, the KL coefficient, TRL's step counter, the running
     score moments of use_score_scaling); every process writes its own RNG states (rng-RANK.pt), so a resumed
     multi-process run samples exactly as an uninterrupted one. Keeps the newest `save_total_limit`, and the steps
-    in `keep` (the best held-out evaluation's) besides. A failed write
-    (a full disk) removes the partial checkpoint-N.tmp, keeps the earlier checkpoints and ends the run on every
+    in `keep` (the best held-out evaluation's) besides. A failed write (a full disk) removes the partial checkpoint-N.tmp, keeps the earlier checkpoints and ends the run on every
     process with one line."""
     final, tmp = Path(output_dir, f"checkpoint-{step}"), Path(output_dir, f"checkpoint-{step}.tmp")
     with together(accelerator.state):
@@ -101,14 +101,15 @@ def save_checkpoint(accelerator, trainer, tokenizer, output_dir: str, step: int,
                                                                             python_rng[2]],
                             "numpy": [numpy_rng[0], numpy_rng[1].tolist(), *numpy_rng[2:]]},
                            tmp / f"rng-{accelerator.process_index}.pt")
-                if zero.is_engine(trainer.model):  # DeepSpeed: every process saves its shard of the optimizer state
+                deepspeed = zero.stage(accelerator) > 0
+                if deepspeed:  # every process saves its shard of the optimizer state
                     zero.save_engine(trainer.model, tmp)
-                with zero.gathered(trainer.model):
+                with unwrap_model_for_generation(trainer.model, accelerator) as policy:  # gathers ZeRO-3 weights
                     if accelerator.is_main_process:
-                        accelerator.unwrap_model(trainer.model).save_pretrained(tmp, safe_serialization=True)
+                        policy.save_pretrained(tmp, safe_serialization=True)
                 if accelerator.is_main_process:
                     tokenizer.save_pretrained(tmp)
-                    if not zero.is_engine(trainer.model):
+                    if not deepspeed:
                         torch.save(trainer.optimizer.state_dict(), tmp / "optimizer.pt")
                     (tmp / "run_config.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
             except (OSError, RuntimeError) as e:  # torch's serializer raises RuntimeError on a full disk
@@ -124,9 +125,9 @@ def save_checkpoint(accelerator, trainer, tokenizer, output_dir: str, step: int,
                     tmp.rename(final)
                 except OSError as e:
                     raise write_failed(f"checkpoint {step}", tmp, e) from None
-                newest = list_checkpoints(output_dir)[-save_total_limit:]
-                for old in list_checkpoints(output_dir):
-                    if old not in newest and int(CHECKPOINT_DIR.match(old.name).group(1)) not in keep:
+                checkpoints = list_checkpoints(output_dir)
+                for old in checkpoints[:-save_total_limit]:
+                    if int(CHECKPOINT_DIR.match(old.name).group(1)) not in keep:
                         shutil.rmtree(old, ignore_errors=True)
     except RunError:
         if accelerator.is_main_process:
@@ -138,10 +139,10 @@ def save_checkpoint(accelerator, trainer, tokenizer, output_dir: str, step: int,
 def save_policy(accelerator, trainer, tokenizer, output_dir: str) -> None:
     """The tuned policy with its value head (safetensors; a LoRA policy: its adapters, and the value head as
     pytorch_model.bin) and the tokenizer, in output_dir. Main process; every process waits for it."""
-    with together(accelerator.state), zero.gathered(trainer.model):
+    with together(accelerator.state), unwrap_model_for_generation(trainer.model, accelerator) as policy:
         if accelerator.is_main_process:
             try:
-                accelerator.unwrap_model(trainer.model).save_pretrained(output_dir, safe_serialization=True)
+                policy.save_pretrained(output_dir, safe_serialization=True)
                 tokenizer.save_pretrained(output_dir)
             except (OSError, RuntimeError) as e:
                 last = list_checkpoints(output_dir)
@@ -156,7 +157,7 @@ def load_checkpoint(path: Path, trainer, accelerator) -> dict:
     """Restore what save_checkpoint saved into the trainer and this process's RNGs; return trainer_state.json.
     A damaged file (torn, not plain tensors, not JSON) ends in one line that names it."""
     state = read_checkpoint_file(path / "trainer_state.json", lambda f: json.loads(f.read_text()))
-    if zero.is_engine(trainer.model):  # the engine's own checkpoint: weights and this process's optimizer shard
+    if zero.stage(accelerator):  # the engine's own checkpoint: weights and this process's optimizer shard
         read_checkpoint_file(path, lambda p: zero.load_engine(trainer.model, p))
     else:
         optimizer_state = read_checkpoint_file(path / "optimizer.pt", torch_load)

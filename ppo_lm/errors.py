@@ -21,7 +21,8 @@ INTERRUPTED = RunError("interrupted (Ctrl-C) during start-up, before the first P
 
 
 def quiet_interrupts() -> None:
-    """Ctrl-C before main() runs (while the script imports torch, transformers and TRL): one line, exit 130."""
+    """Ctrl-C during start-up (while the script imports torch, transformers and TRL, or loads models; the stop
+    handler takes over before the first step): one line, exit 130."""
     default = sys.excepthook
 
     def hook(kind, value, traceback):
@@ -34,12 +35,9 @@ def quiet_interrupts() -> None:
 
 @contextmanager
 def exits_cleanly():
-    """Run the script's main(): a RunError, or a Ctrl-C before the stop handler is installed (while loading models),
-    ends in one line and an exit code instead of a traceback."""
+    """Run the script's main(): a RunError ends in one line and its exit code instead of a traceback."""
     try:
         yield
-    except KeyboardInterrupt:
-        end(INTERRUPTED)
     except RunError as e:
         end(e)
 

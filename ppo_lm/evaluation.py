@@ -25,7 +25,7 @@ def evaluate(trainer, tokenizer, prompts: list[str], scorers: dict, reward_kwarg
     # The bare models: one process evaluates, and a DDP forward would wait for the others. Under ZeRO-3 every process
     # evaluates in step through the engines (TRL gathers their weights to generate). With LoRA the reference is the
     # policy with its adapters disabled (TRL's optional_peft_ctx).
-    unwrap = (lambda model: model) if zero.zero3(trainer.model) else trainer.accelerator.unwrap_model
+    unwrap = (lambda model: model) if zero.stage(trainer.accelerator) == 3 else trainer.accelerator.unwrap_model
     policy = unwrap(trainer.model)
     reference = policy if trainer.is_peft_model else unwrap(trainer.ref_model)
     as_reference = trainer.optional_peft_ctx
@@ -92,6 +92,12 @@ def write_eval_report(report: dict, output_dir, n_samples: int = 10) -> str:
     return summary
 
 
+def evaluates_here(accelerator) -> bool:
+    """The main process evaluates; under ZeRO-3 every process does, in step, since each holds a shard of the weights
+    (evaluate() then goes through the engines, which TRL gathers to generate)."""
+    return accelerator.is_main_process or zero.stage(accelerator) == 3
+
+
 def held_out_row(report: dict, seconds: float) -> dict:
     """A held-out evaluation during training, as metrics columns: the training reward's mean (eval/reward), each
     judge's (eval/JUDGE), the KL, and the wall time since the run started."""
@@ -110,10 +116,11 @@ class DuringTraining:
     """eval_steps: the held-out evaluation every N steps, on the first eval_samples prompts of eval_file, with the
     sampling, seed and KL estimator of the end-of-run report (the reference's side is computed once). It runs on
     the main process (on every process under ZeRO-3) with the RNG forked, so training samples exactly as without
-    it. `best` is the row with the best held-out reward within the KL target (also over a resumed run's rows)."""
+    it. `settings` are evaluate()'s, for the end-of-run report too; `best` is the row with the best held-out reward
+    within the KL target (also over a resumed run's rows)."""
 
-    def __init__(self, every: int, evaluate_kwargs: dict, target: float, earlier_rows: list[dict]):
-        self.every, self.kwargs, self.target = every, evaluate_kwargs, target
+    def __init__(self, every: int, prompts: list[str], settings: dict, target: float, earlier_rows: list[dict]):
+        self.every, self.prompts, self.settings, self.target = every, prompts, settings, target
         self.before = None
         self.best = best_evaluation(earlier_rows, target)
 
@@ -123,17 +130,14 @@ class DuringTraining:
     def run(self, trainer, seconds: float) -> dict:
         devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
         with torch.random.fork_rng(devices=devices):
-            report = evaluate(trainer, before=self.before, **self.kwargs)
+            report = evaluate(trainer, prompts=self.prompts, before=self.before, **self.settings)
         self.before = report["before"]
         return held_out_row(report, seconds)
 
     def is_new_best(self, row: dict) -> bool:
-        if "eval/reward" not in row or best_evaluation([row], self.target) is None:
-            return False
-        if self.best is not None and row["eval/reward"] <= self.best["eval/reward"]:
-            return False
-        self.best = row
-        return True
+        best = best_evaluation([r for r in (self.best, row) if r], self.target)  # a tie keeps the earlier one
+        new, self.best = best is row, best
+        return new
 
     @property
     def keep(self) -> set[int]:

@@ -17,13 +17,11 @@ def scalar_stats(stats: dict) -> dict:
     return {k: float(v) for k, v in convert_to_scalar(stats).items() if isinstance(v, numbers.Real)}
 
 
-def read_metrics(path) -> list[dict]:
-    """The rows of metrics.jsonl. A torn last line (a kill -9 during its write) is left out; a damaged line before
-    it is an error that names the line."""
+def read_metrics(path, torn: list | None = None) -> list[dict]:
+    """The rows of metrics.jsonl. A torn last line (a kill -9 during its write) is left out, and appended to `torn`
+    when given; a damaged line before it is an error that names the line."""
     path = Path(path)
-    if not path.exists():
-        return []
-    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()] if path.exists() else []
     rows = []
     for number, line in enumerate(lines, 1):
         try:
@@ -32,6 +30,8 @@ def read_metrics(path) -> list[dict]:
             if number < len(lines):
                 raise RunError(f"{path} line {number} is not a JSON row (the file was edited or damaged): remove or "
                                "fix that line") from None
+            if torn is not None:
+                torn.append(line)
     return rows
 
 
@@ -43,9 +43,9 @@ def append_row(path, row: dict) -> None:
 def truncate_metrics(path, last_step: int) -> None:
     """On resume, drop rows written after the checkpoint, so step numbers continue without duplicates, and a torn
     last line (a kill -9 while it was written), with a note."""
-    rows = read_metrics(path)
-    text = Path(path).read_text(errors="replace") if Path(path).exists() else ""
-    if len(rows) < sum(1 for line in text.splitlines() if line.strip()):
+    torn = []
+    rows = read_metrics(path, torn)
+    if torn:
         print(f"note: dropped the torn last line of {path} (the run was killed while writing it)", file=sys.stderr)
     rows = [r for r in rows if r["step"] <= last_step]
     tmp = Path(f"{path}.tmp")

@@ -11,7 +11,7 @@ import sys
 from contextlib import contextmanager
 from types import SimpleNamespace
 
-from accelerate.utils import gather_object
+from accelerate.utils import broadcast_object_list, gather_object
 
 from ppo_lm.errors import RunError
 
@@ -66,11 +66,7 @@ def agreed_stop(state, received_signals: list) -> int:
 
 def main_says(state, value: bool) -> bool:
     """The main process's decision, on every process (it alone evaluates, for example)."""
-    if state.num_processes == 1:
-        return value
-    from accelerate.utils import broadcast_object_list
-
-    return broadcast_object_list([value], from_process=0)[0]
+    return broadcast_object_list([value], from_process=0)[0] if state.num_processes > 1 else value
 
 
 def finish(accelerator) -> None:

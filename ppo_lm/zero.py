@@ -6,13 +6,14 @@ configs/accelerate/deepspeed_zero{2,3}.yaml`): what it takes beyond accelerate, 
 - No dataloader is handed to accelerate, so the DeepSpeed plugin is given its micro batch (PPO's mini-batch).
 - TRL's value-head wrapper returns `state_dict()` keys that its `load_state_dict()` does not read: the engine's own
   checkpoints are saved and loaded with the plain module state dict.
-- ZeRO-3 partitions the weights: they are gathered to save a loadable model and to evaluate, as TRL gathers them to
-  generate; DeepSpeed 0.16.4 renamed the hook method TRL calls after generating (`_register_hooks_recursively`).
+- ZeRO-3 partitions the weights: they are gathered to save a loadable model (with TRL's own context for generation),
+  and every process evaluates in step; DeepSpeed 0.16.4 renamed the hook method TRL calls after gathering
+  (`_register_hooks_recursively`).
 """
 
 import os
 import types
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 
 import torch
 from accelerate.utils import parse_flag_from_env
@@ -79,12 +80,11 @@ def patch_deepspeed() -> None:
         DeepSpeedZeRoOffload._register_hooks_recursively = DeepSpeedZeRoOffload._register_deepspeed_module
 
 
-def is_engine(model) -> bool:
-    return type(model).__name__ == "DeepSpeedEngine"
-
-
-def zero3(model) -> bool:
-    return is_engine(model) and model.zero_optimization_stage() == 3
+def stage(accelerator) -> int:
+    """The ZeRO stage of this run (accelerate's DeepSpeed plugin, as TRL reads it), 0 without DeepSpeed; with it,
+    PPOTrainer's model and reference are DeepSpeed engines."""
+    ds_plugin = accelerator.state.deepspeed_plugin
+    return ds_plugin.zero_stage if ds_plugin is not None else 0
 
 
 @contextmanager
@@ -110,27 +110,3 @@ def load_engine(engine, directory) -> None:
     if path is None:
         raise RunError(f"checkpoint {directory} holds no DeepSpeed state (deepspeed/state): it was not saved under "
                        "DeepSpeed; resume it with the launch config it was saved with")
-
-
-def gathered(*models):
-    """ZeRO-3: the full weights of these engines on every process (all must enter), with the engine's hooks off so
-    a forward pass on one process does not wait for the others; a no-op otherwise."""
-    engines = [m for m in models if zero3(m)]
-    if not engines:
-        return nullcontext()
-    return _gathered(engines)
-
-
-@contextmanager
-def _gathered(engines):
-    import deepspeed
-    from trl.models.utils import add_hooks, remove_hooks
-
-    with deepspeed.zero.GatheredParameters([p for e in engines for p in e.parameters()]):
-        for e in engines:
-            remove_hooks(e)
-        try:
-            yield
-        finally:
-            for e in engines:
-                add_hooks(e)

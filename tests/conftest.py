@@ -88,3 +88,19 @@ def run_launched(n: int, config, *argv, env: dict | None = None, on_start=None, 
         pytest.fail(f"the {n} processes did not end within {timeout} s; stderr of each: "
                     f"{[p.communicate()[1] for p in procs]}")
     return [p.returncode for p in procs], [err for _, err in outputs]
+
+
+def sigterm_to_rank_1_after(rows: int, out: Path):
+    """An on_start for run_launched: SIGTERM to rank 1 once OUT/metrics.jsonl has `rows` rows."""
+    import signal
+    import time
+
+    from ppo_lm.metrics import read_metrics
+
+    def terminate(procs):
+        deadline = time.time() + 120
+        while len(read_metrics(out / "metrics.jsonl")) < rows and time.time() < deadline:
+            time.sleep(0.05)
+        procs[1].send_signal(signal.SIGTERM)
+
+    return terminate

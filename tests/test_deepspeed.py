@@ -2,7 +2,6 @@
 shipped accelerate configs: training, the saved policy, the held-out report, and an exact resume after SIGTERM."""
 
 import signal
-import time
 
 import pytest
 import torch
@@ -10,7 +9,7 @@ import yaml
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from conftest import ROOT, run_launched
+from conftest import ROOT, run_launched, sigterm_to_rank_1_after
 from ppo_lm.checkpoints import list_checkpoints
 from ppo_lm.metrics import read_metrics
 
@@ -64,13 +63,7 @@ def test_zero3_sigterm_and_resume_is_exact(tiny_config, tmp_path):
                          learning_rate=1e-3, eval_file=str(held_out))
     out = tmp_path / "run"
 
-    def terminate_rank_1(procs):
-        deadline = time.time() + 120
-        while len(read_metrics(out / "metrics.jsonl")) < 2 and time.time() < deadline:
-            time.sleep(0.05)
-        procs[1].send_signal(signal.SIGTERM)
-
-    codes, stderr = run_two(3, config, on_start=terminate_rank_1)
+    codes, stderr = run_two(3, config, on_start=sigterm_to_rank_1_after(2, out))
     assert codes == [128 + signal.SIGTERM] * 2, stderr
     step = max(r["step"] for r in read_metrics(out / "metrics.jsonl"))
     assert 2 <= step < 6

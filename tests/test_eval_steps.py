@@ -2,11 +2,10 @@
 two; the best step's checkpoint survives pruning and the model card names it; a resume continues the rows."""
 
 import signal
-import time
 
 import pytest
 
-from conftest import run_launched, run_script
+from conftest import run_launched, run_script, sigterm_to_rank_1_after
 from ppo_lm.checkpoints import list_checkpoints
 from ppo_lm.metrics import read_metrics
 
@@ -71,13 +70,7 @@ def test_eval_steps_on_two_processes_and_a_resume(tiny_config, tmp_path, held_ou
                          steps=6, save_steps=100, **held_out)
     out = tmp_path / "run"
 
-    def terminate_rank_1(procs):
-        deadline = time.time() + 120
-        while len(read_metrics(out / "metrics.jsonl")) < 3 and time.time() < deadline:
-            time.sleep(0.05)
-        procs[1].send_signal(signal.SIGTERM)
-
-    codes, errors = run_launched(2, config, on_start=terminate_rank_1)
+    codes, errors = run_launched(2, config, on_start=sigterm_to_rank_1_after(3, out))
     assert codes == [128 + signal.SIGTERM] * 2, errors
     stopped_at = max(r["step"] for r in read_metrics(out / "metrics.jsonl"))
 

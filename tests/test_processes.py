@@ -9,7 +9,7 @@ import pytest
 from transformers import AutoModelForCausalLM
 
 from ppo_lm.checkpoints import list_checkpoints
-from conftest import run_launched
+from conftest import run_launched, sigterm_to_rank_1_after
 from ppo_lm.metrics import read_metrics
 
 # Each process records its pid and counts its calls: the first is the start-up check (two dataset prompts), then one
@@ -87,13 +87,7 @@ def test_sigterm_to_one_process_checkpoints_once_and_the_resume_is_exact(tiny_co
                          batch_size=8, mini_batch_size=4, steps=8, save_steps=100)
     out = tmp_path / "run"
 
-    def terminate_rank_1(procs):
-        deadline = time.time() + 120
-        while not read_metrics(out / "metrics.jsonl") and time.time() < deadline:
-            time.sleep(0.05)
-        procs[1].send_signal(signal.SIGTERM)
-
-    codes, stderr = run_two(config, on_start=terminate_rank_1)
+    codes, stderr = run_two(config, on_start=sigterm_to_rank_1_after(1, out))
     assert codes == [128 + signal.SIGTERM] * 2, stderr
     step = max(r["step"] for r in read_metrics(out / "metrics.jsonl"))
     assert step < 8
