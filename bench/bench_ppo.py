@@ -11,8 +11,16 @@ base (66M); --size tiny is 2-layer versions of both, for a CPU.
 reward model, Rotten Tomatoes prompts, batch 32, mini-batch 16, 2 PPO epochs; built by `make train`): ours in fp32
 and with bf16 autocast, against the careful TRL loop and the floors. The TRL example and notebook are left out.
 
+--size smollm2 --to_target: time to a better policy. Ours (the shipped config itself) and the careful TRL loop
+(same models, prompts, reward, batch, learning and KL settings; TRL's controller, which has no floor) train in one
+run and are evaluated at the same steps on the same held-out prompts (the first --eval_samples of the config's
+eval_file, the same sampling seed and response lengths, with the same evaluation code). It prints the training
+time (generate + score + PPO step; evaluation excluded) each needs to reach a held-out reward gain of +0.5 and
++1.0 with held-out KL <= target.
+
     python bench/bench_ppo.py --size tiny                   # CPU, a few minutes
     python bench/bench_ppo.py --size smollm2 --steps 3      # CPU, the real models, about 5 minutes
+    python bench/bench_ppo.py --size smollm2 --to_target --max_steps 48 --eval_every 6   # CPU, about 25 minutes
     python bench/bench_ppo.py --size gpt2 --device cuda     # one GPU
 """
 
@@ -43,7 +51,9 @@ import train_ppo  # noqa: E402
 from ppo_lm.models import load_model  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 from ppo_lm.tiny_models import build_classifier, build_policy, write_dataset  # noqa: E402
-from ppo_lm.data import batch_indices  # noqa: E402
+from ppo_lm.data import batch_indices, read_eval_prompts  # noqa: E402
+from ppo_lm.evaluation import DuringTraining  # noqa: E402
+from ppo_lm.validation import HONEST_SAMPLING  # noqa: E402
 from ppo_lm.metrics import read_metrics  # noqa: E402
 
 SETTINGS = {"batch_size": 128, "mini_batch_size": 128, "ppo_epochs": 4, "learning_rate": 1.41e-5, "seed": 0,
@@ -54,6 +64,7 @@ LORA = {"use_peft": True, "lora_r": 16, "lora_alpha": 32}
 REAL = {"policy": ROOT / "models/smollm2-135m", "classifier": ROOT / "models/sentiment-minilm",
         "data": ROOT / "data/rt_snippets/train.jsonl"}
 GENERATION = {"min_length": -1, "top_k": 0, "top_p": 1.0, "do_sample": True}
+CONFIG = ROOT / "configs/smollm2_sentiment.yaml"
 
 
 def sync():
@@ -112,15 +123,19 @@ def batches(trainer, dataset, steps: int):
         yield batch, [torch.tensor(ids, device=trainer.accelerator.device) for ids in batch["input_ids"]]
 
 
-def timed_steps(paths, steps: int, device: str, lora: dict, generate, score_batch: int = 16) -> list[dict]:
+def timed_steps(paths, steps: int, device: str, lora: dict, generate, score_batch: int = 16,
+                held_out: DuringTraining | None = None) -> list[dict]:
     """The generate -> score -> step loop of TRL's own examples, timed per phase. `generate(trainer, tokenizer,
     queries)` returns (responses, reference responses or None); rewards come from the pipeline with batch
-    `score_batch` (16 in TRL's example and notebook)."""
+    `score_batch` (16 in TRL's example and notebook). `held_out`: evaluate every held_out.every steps (not timed)."""
     trainer, tokenizer, dataset = make_trainer(paths, device, lora)
+    if held_out:
+        held_out.settings["tokenizer"] = tokenizer
+        held_out.settings["generation_kwargs"]["pad_token_id"] = tokenizer.pad_token_id
     score = lambda prompts, texts: reward.sentiment_classifier(  # noqa: E731
         prompts, texts, model=paths["classifier"], batch_size=score_batch)
     times = []
-    for batch, queries in batches(trainer, dataset, steps):
+    for step, (batch, queries) in enumerate(batches(trainer, dataset, steps), 1):
         t0 = time.perf_counter()
         responses, ref_responses = generate(trainer, tokenizer, queries)
         texts = tokenizer.batch_decode(responses)
@@ -133,6 +148,8 @@ def timed_steps(paths, steps: int, device: str, lora: dict, generate, score_batc
         trainer.step(queries, responses, [torch.tensor(s) for s in scores])
         sync()
         times.append({"generate": t1 - t0, "score": t2 - t1, "step": time.perf_counter() - t2, "memory": peak_gb()})
+        if held_out and held_out.due(step):
+            times[-1] |= held_out.run(trainer, 0.0)
     return times
 
 
@@ -196,6 +213,68 @@ def bare_limits(paths, device: str, lora: dict, repeats: int = 3) -> dict:
     return {"generate": min(generate), "step": min(train)}
 
 
+def time_to_target(opts, work: Path) -> None:
+    """Ours (train_ppo.py on the shipped config) and the careful TRL loop on the same settings, evaluated at the same
+    steps on the same held-out prompts; prints the training time each takes to reach each gain within the KL target."""
+    config = yaml.safe_load(CONFIG.read_text())
+    paths = {k: str(p) for k, p in REAL.items()}
+    keys = ["batch_size", "mini_batch_size", "ppo_epochs", "learning_rate", "init_kl_coef", "target", "horizon"]
+    SETTINGS.update({k: config[k] for k in keys} | {"seed": opts.seed})
+    SETTINGS.update({k: config[k] for k in config if k.endswith("_tokens")})
+    lora = {k: config[k] for k in LORA}
+    fresh_accelerator_state()
+    out = work / "ours"
+    train_ppo.main(["--config", str(CONFIG), "--output_dir", str(out), "--steps", str(opts.max_steps),
+                    "--seed", str(opts.seed), "--eval_steps", str(opts.eval_every),
+                    "--eval_samples", str(opts.eval_samples), "--save_steps", str(10**6), "--sample_every", "0",
+                    "--save_merged", "false"])
+    ours = read_metrics(out / "metrics.jsonl")
+    settings = {"tokenizer": None, "scorers": {config["reward_fn"]: reward.sentiment_classifier},
+                "reward_kwargs": config["reward_kwargs"] | {"model": paths["classifier"]}, "batch_size": 128, "seed": opts.seed,
+                "generation_kwargs": HONEST_SAMPLING | {"max_new_tokens": config["response_max_tokens"]},
+                "response_lengths": (config["response_min_tokens"], config["response_max_tokens"])}
+    prompts = read_eval_prompts(str(ROOT / config["eval_file"]))[: opts.eval_samples]
+    held_out = DuringTraining(opts.eval_every, prompts, settings, config["target"], [])
+    careful = timed_steps(paths, opts.max_steps, opts.device, lora, careful_trl_generate, score_batch=128,
+                          held_out=held_out)
+    for row in careful:
+        row["time/generate"], row["time/score"], row["time/ppo_step"] = row["generate"], row["score"], row["step"]
+
+    def points(rows):  # (step, training seconds so far, held-out gain, held-out KL) at each evaluation
+        elapsed, out = 0.0, []
+        for step, row in enumerate(rows, 1):
+            elapsed += row["time/generate"] + row["time/score"] + row["time/ppo_step"]
+            if "eval/reward" in row:
+                out.append((step, elapsed, row["eval/reward"] - row["eval/reward_reference"], row["eval/kl"]))
+        return out
+
+    def reached(pts, gain):
+        hit = next((p for p in pts if p[2] >= gain and p[3] <= config["target"]), None)
+        return f"{hit[1]:.0f} s (step {hit[0]})" if hit else f"not in {opts.max_steps} steps"
+
+    device = torch.cuda.get_device_name() if opts.device == "cuda" else f"CPU ({os.cpu_count()} cores)"
+    lines = [f"### Time to target: the default job on {device}", "",
+             f"{time.strftime('%Y-%m-%d')}; seed {opts.seed}; {opts.max_steps} steps each; held-out evaluation every "
+             f"{opts.eval_every} steps on the first {opts.eval_samples} held-out prompts; KL target {config['target']}",
+             "", "| loop | s/step | episodes/s | to gain +0.5 | to gain +1.0 | last evaluation: gain, KL |",
+             "|---|---|---|---|---|---|"]
+    results = {}
+    for name, rows in [("ours (train_ppo.py, shipped config)", ours),
+                       ("careful TRL loop (same settings, TRL's KL controller)", careful)]:
+        pts = points(rows)
+        per_step = pts[-1][1] / len(rows) if pts else float("nan")
+        results[name] = (pts, per_step)
+        lines.append(f"| {name} | {per_step:.2f} | {SETTINGS['batch_size'] / per_step:.2f} | {reached(pts, 0.5)} | "
+                     f"{reached(pts, 1.0)} | {pts[-1][2]:+.3f}, {pts[-1][3]:.2f} |")
+    lines += ["", "Held-out points (step: training seconds, gain, KL):", ""]
+    for name, (pts, _) in results.items():
+        lines.append(f"- {name}: " + "; ".join(f"{s}: {t:.0f} s, {g:+.3f}, {k:.2f}" for s, t, g, k in pts))
+    table = "\n".join(lines)
+    print(table)
+    if opts.out:
+        opts.out.write_text(table + "\n")
+
+
 def summarise(name: str, times: list[dict], warmup: int) -> dict:
     timed = times[warmup:]
     mean = lambda key: statistics.mean(t[key] for t in timed)  # noqa: E731
@@ -213,7 +292,14 @@ def main():
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     parser.add_argument("--notebook_steps", type=int, default=None, help="timed steps for the (slow) notebook loop")
     parser.add_argument("--out", type=Path, default=None, help="also write the markdown table here")
+    parser.add_argument("--to_target", action="store_true", help="with --size smollm2: time to a held-out gain")
+    parser.add_argument("--max_steps", type=int, default=48, help="--to_target: steps per loop")
+    parser.add_argument("--eval_every", type=int, default=6, help="--to_target: steps between evaluations")
+    parser.add_argument("--eval_samples", type=int, default=64, help="--to_target: held-out prompts evaluated")
+    parser.add_argument("--seed", type=int, default=0, help="--to_target: the seed of both loops")
     opts = parser.parse_args()
+    if opts.to_target and opts.size != "smollm2":
+        parser.error("--to_target measures the default job: use it with --size smollm2")
     if opts.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("error: --device cuda but torch sees no GPU; use --device cpu")
 
@@ -225,6 +311,8 @@ def main():
         if missing:
             raise SystemExit(f"error: {', '.join(missing)} missing: `make train` builds them (or the Makefile's "
                              "model and data targets)")
+        if opts.to_target:
+            return time_to_target(opts, work)
         SETTINGS.update(SMOLLM2)
         paths, lora = {k: str(p) for k, p in REAL.items()}, LORA
         results = [run("ours (train_ppo.py), fp32", run_ours(paths, steps, opts.device, work / "ours", lora)),

@@ -99,11 +99,13 @@ def evaluates_here(accelerator) -> bool:
 
 
 def held_out_row(report: dict, seconds: float) -> dict:
-    """A held-out evaluation during training, as metrics columns: the training reward's mean (eval/reward), each
-    judge's (eval/JUDGE), the KL, and the wall time since the run started."""
+    """A held-out evaluation during training, as metrics columns: the training reward's mean (eval/reward) and the
+    reference's on the same prompts (eval/reward_reference, the same in every row), each judge's (eval/JUDGE), the
+    KL, and the wall time since the run started."""
     reward, *judges = report["scorers"]
-    return {"eval/reward": report["after"][reward]["mean"], **{f"eval/{j}": report["after"][j]["mean"] for j in judges},
-            "eval/kl": report["kl"], "eval/seconds": seconds}
+    return {"eval/reward": report["after"][reward]["mean"], "eval/reward_reference": report["before"][reward]["mean"],
+            **{f"eval/{j}": report["after"][j]["mean"] for j in judges}, "eval/kl": report["kl"],
+            "eval/seconds": seconds}
 
 
 def best_evaluation(rows: list[dict], target: float) -> dict | None:

@@ -40,7 +40,8 @@ def test_eval_rows_leave_training_as_it_was(tiny_config, tmp_path, held_out):
     assert with_eval.returncode == 0, with_eval.stderr
     rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
     assert [r["step"] for r in rows if "eval/reward" in r] == [2, 4, 6]
-    assert all({"eval/kl", "eval/seconds"} <= set(r) for r in rows if "eval/reward" in r)
+    assert all({"eval/kl", "eval/seconds", "eval/reward_reference"} <= set(r) for r in rows if "eval/reward" in r)
+    assert len({r["eval/reward_reference"] for r in rows if "eval/reward" in r}) == 1  # the frozen reference, once
     without = run_script("--config", tiny_config(reward_fn="vader", steps=6, eval_file=held_out["eval_file"]),
                          "--output_dir", tmp_path / "without")
     assert without.returncode == 0, without.stderr
