@@ -82,8 +82,8 @@ def save_checkpoint(accelerator, trainer, tokenizer, output_dir: str, step: int,
     state, the run's settings and trainer_state.json (step, the KL coefficient, TRL's step counter, the running
     score moments of use_score_scaling); every process writes its own RNG states (rng-RANK.pt), so a resumed
     multi-process run samples exactly as an uninterrupted one. Keeps the newest `save_total_limit`, and the steps
-    in `keep` (the best held-out evaluation's) besides. A failed write (a full disk) removes the partial checkpoint-N.tmp, keeps the earlier checkpoints and ends the run on every
-    process with one line."""
+    in `keep` (the best held-out evaluation's) besides. A failed write (a full disk) removes the partial
+    checkpoint-N.tmp, keeps the earlier checkpoints and ends the run on every process with one line."""
     final, tmp = Path(output_dir, f"checkpoint-{step}"), Path(output_dir, f"checkpoint-{step}.tmp")
     with together(accelerator.state):
         try:
