@@ -228,21 +228,22 @@ def time_to_target(opts, work: Path) -> None:
                     "--seed", str(opts.seed), "--eval_steps", str(opts.eval_every),
                     "--eval_samples", str(opts.eval_samples), "--save_steps", str(10**6), "--sample_every", "0",
                     "--save_merged", "false"])
-    ours = [r | {"generate": r["time/generate"], "score": r["time/score"], "step": r["time/ppo_step"]}
-            for r in read_metrics(out / "metrics.jsonl")]
+    ours = read_metrics(out / "metrics.jsonl")
     settings = {"tokenizer": None, "scorers": {config["reward_fn"]: reward.sentiment_classifier},
-                "reward_kwargs": config["reward_kwargs"] | {"model": paths["classifier"]}, "batch_size": 128, "seed": opts.seed,
+                "reward_kwargs": config["reward_kwargs"] | {"model": paths["classifier"]}, "batch_size": 128,
+                "seed": opts.seed,
                 "generation_kwargs": HONEST_SAMPLING | {"max_new_tokens": config["response_max_tokens"]},
                 "response_lengths": (config["response_min_tokens"], config["response_max_tokens"])}
     prompts = read_eval_prompts(str(ROOT / config["eval_file"]))[: opts.eval_samples]
     held_out = DuringTraining(opts.eval_every, prompts, settings, config["target"], [])
-    careful = timed_steps(paths, opts.max_steps, opts.device, lora, careful_trl_generate, score_batch=128,
-                          held_out=held_out)
+    careful = [row | {"time/generate": row["generate"], "time/score": row["score"], "time/ppo_step": row["step"]}
+               for row in timed_steps(paths, opts.max_steps, opts.device, lora, careful_trl_generate,
+                                      score_batch=128, held_out=held_out)]  # in metrics.jsonl's names, as ours
 
     def points(rows):  # (step, training seconds so far, held-out gain, held-out KL) at each evaluation
         elapsed, out = 0.0, []
         for step, row in enumerate(rows, 1):
-            elapsed += row["generate"] + row["score"] + row["step"]
+            elapsed += row["time/generate"] + row["time/score"] + row["time/ppo_step"]
             if "eval/reward" in row:
                 out.append((step, elapsed, row["eval/reward"] - row["eval/reward_reference"], row["eval/kl"]))
         return out
