@@ -22,12 +22,19 @@ time (generate + score + PPO step; evaluation excluded) each needs to reach a he
     python bench/bench_ppo.py --size smollm2 --steps 3      # CPU, the real models, about 5 minutes
     python bench/bench_ppo.py --size smollm2 --to_target --max_steps 42 --eval_every 6   # CPU, about 25 minutes
     python bench/bench_ppo.py --size gpt2 --device cuda     # one GPU
+    python bench/bench_ppo.py --size gpt2 --epoch           # one GPU: a whole run of configs/gpt2_imdb.yaml
+
+--epoch: one training run as a user starts it, nothing else: `train_ppo.py --config configs/gpt2_imdb.yaml` (194
+steps of 128, one IMDB epoch) with the locally built models and reviews in place of the Hub's, and
+bf16 autocast on a GPU (what configs/accelerate/single_gpu.yaml sets). It prints the wall time of the whole
+run (start-up, checkpoints and model card included) and the per-step figures from its metrics.jsonl.
 """
 
 import argparse
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -275,6 +282,58 @@ def time_to_target(opts, work: Path) -> None:
         opts.out.write_text(table + "\n")
 
 
+def one_epoch(opts, work: Path) -> None:
+    """configs/gpt2_imdb.yaml as a user runs it, on locally built models of --size and generated reviews."""
+    config = yaml.safe_load((ROOT / "configs/gpt2_imdb.yaml").read_text())
+    n = config["batch_size"] * opts.epoch_steps
+    config.pop("dataset_split")  # a local file has no splits
+    config |= {"model_name_or_path": str(build_policy(work / "policy", size=opts.size)),
+               "dataset_name": str(write_dataset(work / "reviews.jsonl", n=n)), "min_text_length": 20,
+               "steps": opts.epoch_steps, "output_dir": str(work / "run")}
+    config["reward_kwargs"]["model"] = str(build_classifier(work / "classifier",
+                                                            size="distilbert" if opts.size == "gpt2" else "tiny"))
+    if opts.device == "cuda":  # what configs/accelerate/single_gpu.yaml sets for `accelerate launch`
+        config["accelerator_kwargs"] = {"mixed_precision": "bf16"}
+    (work / "run.yaml").write_text(yaml.safe_dump(config))
+    command = [sys.executable, str(ROOT / "train_ppo.py"), "--config", str(work / "run.yaml")]
+    print("$", " ".join(command), flush=True)
+    t0 = time.perf_counter()
+    run = subprocess.Popen(command, cwd=ROOT)
+    try:  # past the time limit, a SIGTERM: the run finishes its step, checkpoints it and stops
+        code = run.wait(timeout=opts.epoch_limit_s)
+    except subprocess.TimeoutExpired:
+        run.terminate()
+        code = run.wait()
+    wall = time.perf_counter() - t0
+    rows = read_metrics(work / "run" / "metrics.jsonl")
+    if not rows:
+        raise SystemExit(f"error: the run wrote no metrics rows (exit code {code})")
+    timed = rows[1:] or rows  # step 1 includes CUDA warm-up
+    mean = lambda key: statistics.mean(r[key] for r in timed)  # noqa: E731
+    per_step = mean("time/generate") + mean("time/score") + mean("time/ppo_step")
+    memory = [r.get("memory/peak_gb", float("nan")) for r in rows]
+    device = torch.cuda.get_device_name() if opts.device == "cuda" else f"CPU ({os.cpu_count()} cores)"
+    lines = [f"### One run of configs/gpt2_imdb.yaml ({opts.size}-size models built locally) on {device}", "",
+             f"{time.strftime('%Y-%m-%d')}; torch {torch.__version__}; python train_ppo.py"
+             f"{', bf16 autocast (as configs/accelerate/single_gpu.yaml)' if opts.device == 'cuda' else ''}; exit code "
+             f"{code}; {len(rows)} of {opts.epoch_steps} steps of {config['batch_size']}"
+             f"{f' (stopped by SIGTERM at the {opts.epoch_limit_s:.0f} s limit)' if len(rows) < opts.epoch_steps else ''}",
+             "",
+             f"- wall time of the whole run (start-up, checkpoints, model card included): {wall:.0f} s "
+             f"({wall / 60:.1f} min)",
+             f"- per step, steps 2-{len(rows)}: {per_step:.3f} s = generate {mean('time/generate'):.3f} + score "
+             f"{mean('time/score'):.3f} + PPO step {mean('time/ppo_step'):.3f}; "
+             f"{config['batch_size'] / per_step:.0f} episodes/s",
+             f"- peak GPU memory: step 5 {memory[min(4, len(memory) - 1)]:.2f} GB, last step {memory[-1]:.2f} GB",
+             f"- training reward (random-weight classifier, so not a quality figure): step 1 "
+             f"{rows[0]['env/reward_mean']:+.3f}, last {rows[-1]['env/reward_mean']:+.3f}; KL last "
+             f"{rows[-1]['objective/kl']:.2f}, beta last {rows[-1].get('objective/kl_coef', float('nan')):.3f}"]
+    table = "\n".join(lines)
+    print(table)
+    if opts.out:
+        opts.out.write_text(table + "\n")
+
+
 def summarise(name: str, times: list[dict], warmup: int) -> dict:
     timed = times[warmup:]
     mean = lambda key: statistics.mean(t[key] for t in timed)  # noqa: E731
@@ -297,13 +356,21 @@ def main():
     parser.add_argument("--eval_every", type=int, default=6, help="--to_target: steps between evaluations")
     parser.add_argument("--eval_samples", type=int, default=64, help="--to_target: held-out prompts evaluated")
     parser.add_argument("--seed", type=int, default=0, help="--to_target: the seed of both loops")
+    parser.add_argument("--epoch", action="store_true", help="one run of configs/gpt2_imdb.yaml, as a user starts it")
+    parser.add_argument("--epoch_steps", type=int, default=194, help="--epoch: steps (194 = one IMDB epoch)")
+    parser.add_argument("--epoch_limit_s", type=float, default=None,
+                        help="--epoch: past this many seconds the run is stopped cleanly (SIGTERM)")
     opts = parser.parse_args()
     if opts.to_target and opts.size != "smollm2":
         parser.error("--to_target measures the default job: use it with --size smollm2")
     if opts.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("error: --device cuda but torch sees no GPU; use --device cpu")
 
+    if opts.epoch and opts.size == "smollm2":
+        parser.error("--epoch runs configs/gpt2_imdb.yaml: use it with --size gpt2 (or tiny)")
     work = Path(tempfile.mkdtemp(prefix="bench_ppo_"))
+    if opts.epoch:
+        return one_epoch(opts, work)
     steps = opts.warmup + opts.steps
     run = lambda name, times: summarise(name, times, opts.warmup)  # noqa: E731
     if opts.size == "smollm2":
