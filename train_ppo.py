@@ -22,6 +22,7 @@ import signal
 import sys
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -194,15 +195,33 @@ def make_trainer(config: PPOConfig, policy, reference, tokenizer, args: ScriptAr
 
 
 def ppo_step(trainer: PPOTrainer, queries, responses, scores: list[float]) -> tuple[dict, int]:
-    """trainer.step, and how many minibatches TRL skipped (its ratio_threshold warning); other warnings pass on."""
-    with warnings.catch_warnings(record=True) as caught:
+    """trainer.step, and how many minibatches TRL skipped (its ratio_threshold warning); other warnings pass on.
+    use_score_scaling is applied here, as trainer.step would: trl 0.11.4's own scaling fails at its first step
+    (its running moments are floats, and it calls .to() on them)."""
+    scores = torch.tensor(scores)
+    config = trainer.config
+    if config.use_score_scaling:  # the running moments of every score so far, gathered over all processes
+        trainer.running.update(scores.to(trainer.current_device))
+        center = trainer.running.mean if config.use_score_norm else 0.0
+        scores = (scores - center) / (trainer.running.std + torch.finfo(scores.dtype).eps)
+    with warnings.catch_warnings(record=True) as caught, own_score_scaling(config):
         warnings.simplefilter("always")
-        stats = trainer.step(queries, responses, [torch.tensor(s) for s in scores])
+        stats = trainer.step(queries, responses, list(scores))
     skipped = sum("exceeds threshold" in str(w.message) for w in caught)
     for w in caught:
         if "exceeds threshold" not in str(w.message):
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     return stats, skipped
+
+
+@contextmanager
+def own_score_scaling(config: PPOConfig):
+    """trainer.step with TRL's score scaling off: ppo_step has scaled the scores already."""
+    scaling, config.use_score_scaling = config.use_score_scaling, False
+    try:
+        yield
+    finally:
+        config.use_score_scaling = scaling
 
 
 def diverged(output_dir: str, step: int, what: str) -> RunError:
