@@ -80,6 +80,10 @@ class ScriptArguments:
     # generation: the defaults sample from the policy's own distribution, which keeps the KL estimate honest
     response_min_tokens: int = field(default=4, metadata={"help": "Shortest response, in tokens (inclusive)."})
     response_max_tokens: int = field(default=16, metadata={"help": "Longest response, in tokens (inclusive)."})
+    one_length_per_batch: bool = field(
+        default=False, metadata={"help": "One sampled response length for the whole batch, as TRL's examples: "
+                                 "generate() stops there, so fewer seconds per episode (BENCHMARKS.md). Default: each "
+                                 "response its own length, the batch generated to the longest."})
     generation_batch_size: int = field(default=128, metadata={"help": "Prompts per generate() call."})
     do_sample: bool = field(default=True, metadata={"help": "Sample responses (greedy decoding breaks PPO)."})
     top_k: int = field(default=0, metadata={"help": "Top-k sampling; 0 = off."})
@@ -365,15 +369,18 @@ def main(argv: list[str]) -> None:
             with together(state):  # each process generates and scores its own slice: a reward error reaches all
                 # 1. Generate: the whole batch left-padded per generate() call. Each response is cut to its own
                 #    sampled length; the first n tokens of a longer sample are exactly a sample of n tokens.
+                #    (one_length_per_batch: one length for the batch, generated to exactly that, as TRL's examples.)
                 t0 = time.perf_counter()
+                length = {"max_new_tokens": response_length()} if args.one_length_per_batch else {}
                 try:
                     responses = trainer.generate(queries, batch_size=args.generation_batch_size,
-                                                 return_prompt=False, **generation_kwargs)
+                                                 return_prompt=False, **generation_kwargs | length)
                 except RuntimeError as e:  # torch.multinomial on inf/NaN probabilities: the weights blew up
                     if "probability tensor" not in str(e):
                         raise
                     raise diverged(args.output_dir, step, "sampling found inf/NaN probabilities") from None
-                responses = [r[: response_length()] for r in responses]
+                if not args.one_length_per_batch:
+                    responses = [r[: response_length()] for r in responses]
                 response_texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
 
                 # 2. Score

@@ -109,6 +109,15 @@ def test_policy_learns_keyword_reward(tiny_config, tmp_path, seed):
     assert last > first + 0.4
 
 
+def test_one_length_per_batch_generates_every_response_of_a_step_to_one_sampled_length(tiny_config, tmp_path):
+    result = run_script("--config", tiny_config(steps=3, one_length_per_batch=True))
+    assert result.returncode == 0, result.stderr
+    rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert all(r["tokens/responses_len_std"] == 0 for r in rows)  # one length within each batch
+    assert len({r["tokens/responses_len_mean"] for r in rows}) > 1  # drawn again at every step
+    assert all(4 <= r["tokens/responses_len_mean"] <= 16 for r in rows)
+
+
 def test_score_scaling_and_norm_scale_the_step_by_the_running_moments(tiny_config, tmp_path):
     """use_score_scaling + use_score_norm (trl 0.11.4's own code fails at step 1): the step sees the scores less the
     running mean over the running std of every score so far, and the moments are checkpointed."""
