@@ -8,8 +8,8 @@ locally with random weights (nothing is downloaded): --size gpt2 is GPT-2 small 
 base (66M); --size tiny is 2-layer versions of both, for a CPU.
 
 --size smollm2 is the default job itself (configs/smollm2_sentiment.yaml: SmolLM2-135M with LoRA r16, the MiniLM
-reward model, Rotten Tomatoes prompts, batch 32, mini-batch 16, 2 PPO epochs; built by `make train`): ours in fp32
-and with bf16 autocast, against the careful TRL loop and the floors. The TRL example and notebook are left out.
+reward model, Rotten Tomatoes prompts, batch 32, mini-batch 16, 2 PPO epochs; built by `make train`): ours in fp32,
+with bf16 autocast and with one_length_per_batch, against the careful TRL loop and the floors. The TRL example and notebook are left out.
 
 --size smollm2 --to_target: time to a better policy. Ours (the shipped config itself) and the careful TRL loop
 (same models, prompts, reward, batch, learning and KL settings; TRL's controller, which has no floor) train in one
@@ -92,10 +92,11 @@ def fresh_accelerator_state():
     AcceleratorState._reset_state(reset_partial_state=True)
 
 
-def run_ours(paths, steps: int, device: str, out: Path, lora: dict, precision: str = "no") -> list[dict]:
-    """train_ppo.py's own main(), on a config with the shared settings; times come from its metrics.jsonl."""
+def run_ours(paths, steps: int, device: str, out: Path, lora: dict, precision: str = "no", **settings) -> list[dict]:
+    """train_ppo.py's own main(), on a config with the shared settings (and `settings`); times come from its
+    metrics.jsonl."""
     fresh_accelerator_state()
-    config = {**SETTINGS, **lora, "model_name_or_path": paths["policy"], "dataset_name": paths["data"],
+    config = {**SETTINGS, **lora, **settings, "model_name_or_path": paths["policy"], "dataset_name": paths["data"],
               "min_text_length": 20, "reward_fn": "sentiment_classifier",
               "reward_kwargs": {"model": paths["classifier"], "batch_size": 128}, "steps": steps,
               "output_dir": str(out), "save_steps": 10**6, "sample_every": 0,
@@ -383,8 +384,10 @@ def main():
         SETTINGS.update(SMOLLM2)
         paths, lora = {k: str(p) for k, p in REAL.items()}, LORA
         results = [run("ours (train_ppo.py), fp32", run_ours(paths, steps, opts.device, work / "ours", lora)),
-                   run("ours, bf16 autocast", run_ours(paths, steps, opts.device, work / "bf16", lora, "bf16"))]
-        ours, bf16 = results
+                   run("ours, bf16 autocast", run_ours(paths, steps, opts.device, work / "bf16", lora, "bf16")),
+                   run("ours, one_length_per_batch", run_ours(paths, steps, opts.device, work / "one_length", lora,
+                                                              one_length_per_batch=True))]
+        ours, bf16, one_length = results
     else:
         paths, lora = {"policy": str(build_policy(work / "policy", size=opts.size)),
                        "classifier": str(build_classifier(work / "classifier",
@@ -426,7 +429,10 @@ def main():
     if opts.size == "smollm2":
         lines += [f"- bf16 autocast / fp32, seconds: generate {bf16['generate_s'] / ours['generate_s']:.2f}x, "
                   f"PPO step {bf16['ppo_step_s'] / ours['ppo_step_s']:.2f}x, whole step "
-                  f"{bf16['step_s'] / ours['step_s']:.2f}x"]
+                  f"{bf16['step_s'] / ours['step_s']:.2f}x",
+                  f"- ours with one_length_per_batch / careful TRL loop: "
+                  f"**{one_length['episodes_per_s'] / careful['episodes_per_s']:.2f}x** episodes/s; / ours: "
+                  f"{one_length['episodes_per_s'] / ours['episodes_per_s']:.2f}x"]
     else:
         lines.append(f"- one IMDB epoch (194 steps of 128) at ours' speed: {194 * ours['step_s'] / 60:.1f} min")
     if opts.device == "cuda":
