@@ -116,6 +116,7 @@ def test_one_length_per_batch_generates_every_response_of_a_step_to_one_sampled_
     assert all(r["tokens/responses_len_std"] == 0 for r in rows)  # one length within each batch
     assert len({r["tokens/responses_len_mean"] for r in rows}) > 1  # drawn again at every step
     assert all(4 <= r["tokens/responses_len_mean"] <= 16 for r in rows)
+    assert "one length drawn per batch" in (tmp_path / "run" / "README.md").read_text()  # the model card says so
 
 
 def test_score_scaling_and_norm_scale_the_step_by_the_running_moments(tiny_config, tmp_path):
