@@ -9,7 +9,8 @@ base (66M); --size tiny is 2-layer versions of both, for a CPU.
 
 --size smollm2 is the default job itself (configs/smollm2_sentiment.yaml: SmolLM2-135M with LoRA r16, the MiniLM
 reward model, Rotten Tomatoes prompts, batch 32, mini-batch 16, 2 PPO epochs; built by `make train`): ours in fp32,
-with bf16 autocast and with one_length_per_batch, against the careful TRL loop and the floors. The TRL example and notebook are left out.
+with bf16 autocast and with one_length_per_batch, against the careful TRL loop and the floors. The TRL example and
+notebook are left out.
 
 --size smollm2 --to_target: time to a better policy. Ours (the shipped config itself) and the careful TRL loop
 (same models, prompts, reward, batch, learning and KL settings; TRL's controller, which has no floor) train in one
@@ -314,11 +315,11 @@ def one_epoch(opts, work: Path) -> None:
     per_step = mean("time/generate") + mean("time/score") + mean("time/ppo_step")
     memory = [r.get("memory/peak_gb", float("nan")) for r in rows]
     device = torch.cuda.get_device_name() if opts.device == "cuda" else f"CPU ({os.cpu_count()} cores)"
+    stopped = f" (stopped by SIGTERM at the {opts.epoch_limit_s:.0f} s limit)" if len(rows) < opts.epoch_steps else ""
     lines = [f"### One run of configs/gpt2_imdb.yaml ({opts.size}-size models built locally) on {device}", "",
              f"{time.strftime('%Y-%m-%d')}; torch {torch.__version__}; python train_ppo.py"
              f"{', bf16 autocast (as configs/accelerate/single_gpu.yaml)' if opts.device == 'cuda' else ''}; exit code "
-             f"{code}; {len(rows)} of {opts.epoch_steps} steps of {config['batch_size']}"
-             f"{f' (stopped by SIGTERM at the {opts.epoch_limit_s:.0f} s limit)' if len(rows) < opts.epoch_steps else ''}",
+             f"{code}; {len(rows)} of {opts.epoch_steps} steps of {config['batch_size']}{stopped}",
              "",
              f"- wall time of the whole run (start-up, checkpoints, model card included): {wall:.0f} s "
              f"({wall / 60:.1f} min)",
