@@ -22,7 +22,6 @@ import signal
 import sys
 import time
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -54,7 +53,7 @@ from ppo_lm.metrics import append_row, log_to_trackers, print_table, read_metric
 from ppo_lm.model_card import write_model_card
 from ppo_lm.models import load_policy_and_reference, load_tokenizer
 from ppo_lm.output_dir import NewRun, holds_earlier_run, lock_output_dir, recover_interrupted_start
-from ppo_lm.reward_contract import compute_rewards, load_reward_fn
+from ppo_lm.reward_contract import ScoreMoments, compute_rewards, load_reward_fn
 from ppo_lm.run_config import check_resume_settings, run_settings
 from ppo_lm.stopping import StopSignals, agreed_stop, finish, main_says, together
 from ppo_lm.validation import HONEST_SAMPLING, UNUSED_FIELDS, JsonDict, check_settings, check_values, parse_config
@@ -81,9 +80,10 @@ class ScriptArguments:
     response_min_tokens: int = field(default=4, metadata={"help": "Shortest response, in tokens (inclusive)."})
     response_max_tokens: int = field(default=16, metadata={"help": "Longest response, in tokens (inclusive)."})
     one_length_per_batch: bool = field(
-        default=False, metadata={"help": "One sampled response length for the whole batch, as TRL's examples: "
-                                 "generate() stops there, so fewer seconds per episode (BENCHMARKS.md). Default: each "
-                                 "response its own length, the batch generated to the longest."})
+        default=False, metadata={"help": "One sampled response length per generate() call (the batch, unless "
+                                 "generation_batch_size is smaller), as TRL's examples: generate() stops there, so "
+                                 "fewer seconds per episode (BENCHMARKS.md). Default: each response its own length, "
+                                 "the batch generated to the longest."})
     generation_batch_size: int = field(default=128, metadata={"help": "Prompts per generate() call."})
     do_sample: bool = field(default=True, metadata={"help": "Sample responses (greedy decoding breaks PPO)."})
     top_k: int = field(default=0, metadata={"help": "Top-k sampling; 0 = off."})
@@ -178,7 +178,8 @@ def load_prompts(args: ScriptArguments, tokenizer, seed: int):
 
 def make_trainer(config: PPOConfig, policy, reference, tokenizer, args: ScriptArguments) -> PPOTrainer:
     """PPOTrainer, which builds accelerate's Accelerator and starts log_with's tracker: a value accelerate refuses
-    there ends in one line. Beta gets its floor when min_kl_coef is set."""
+    there ends in one line. Beta gets its floor when min_kl_coef is set; the score moments of use_score_scaling are
+    kept as the tensors TRL's step expects."""
     if config.log_with == "tensorboard":  # accelerate needs a directory for it: OUTPUT_DIR/logs unless given
         config.project_kwargs = {"logging_dir": str(Path(args.output_dir, "logs")), **config.project_kwargs}
     if zero.in_use():
@@ -195,37 +196,20 @@ def make_trainer(config: PPOConfig, policy, reference, tokenizer, args: ScriptAr
                        "check accelerator_kwargs, project_kwargs, tracker_kwargs and log_with") from None
     if args.min_kl_coef is not None:  # check_settings: only with adap_kl_ctrl
         trainer.kl_ctl = FlooredKLController(config.init_kl_coef, config.target, config.horizon, args.min_kl_coef)
+    trainer.running = ScoreMoments(trainer.accelerator)
     return trainer
 
 
 def ppo_step(trainer: PPOTrainer, queries, responses, scores: list[float]) -> tuple[dict, int]:
-    """trainer.step, and how many minibatches TRL skipped (its ratio_threshold warning); other warnings pass on.
-    use_score_scaling is applied here, as trainer.step would: trl 0.11.4's own scaling fails at its first step
-    (its running moments are floats, and it calls .to() on them)."""
-    scores = torch.tensor(scores)
-    config = trainer.config
-    if config.use_score_scaling:  # the running moments of every score so far, gathered over all processes
-        trainer.running.update(scores.to(trainer.current_device))
-        center = trainer.running.mean if config.use_score_norm else 0.0
-        scores = (scores - center) / (trainer.running.std + torch.finfo(scores.dtype).eps)
-    with warnings.catch_warnings(record=True) as caught, own_score_scaling(config):
+    """trainer.step, and how many minibatches TRL skipped (its ratio_threshold warning); other warnings pass on."""
+    with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        stats = trainer.step(queries, responses, list(scores))
+        stats = trainer.step(queries, responses, [torch.tensor(s) for s in scores])
     skipped = sum("exceeds threshold" in str(w.message) for w in caught)
     for w in caught:
         if "exceeds threshold" not in str(w.message):
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     return stats, skipped
-
-
-@contextmanager
-def own_score_scaling(config: PPOConfig):
-    """trainer.step with TRL's score scaling off: ppo_step has scaled the scores already."""
-    scaling, config.use_score_scaling = config.use_score_scaling, False
-    try:
-        yield
-    finally:
-        config.use_score_scaling = scaling
 
 
 def diverged(output_dir: str, step: int, what: str) -> RunError:
@@ -369,12 +353,12 @@ def main(argv: list[str]) -> None:
             with together(state):  # each process generates and scores its own slice: a reward error reaches all
                 # 1. Generate: the whole batch left-padded per generate() call. Each response is cut to its own
                 #    sampled length; the first n tokens of a longer sample are exactly a sample of n tokens.
-                #    (one_length_per_batch: one length for the batch, generated to exactly that, as TRL's examples.)
+                #    (one_length_per_batch: TRL's length_sampler, one length per generate() call, as its examples.)
                 t0 = time.perf_counter()
-                length = {"max_new_tokens": response_length()} if args.one_length_per_batch else {}
                 try:
-                    responses = trainer.generate(queries, batch_size=args.generation_batch_size,
-                                                 return_prompt=False, **generation_kwargs | length)
+                    responses = trainer.generate(queries, batch_size=args.generation_batch_size, return_prompt=False,
+                                                 length_sampler=response_length if args.one_length_per_batch else None,
+                                                 **generation_kwargs)
                 except RuntimeError as e:  # torch.multinomial on inf/NaN probabilities: the weights blew up
                     if "probability tensor" not in str(e):
                         raise

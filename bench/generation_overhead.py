@@ -62,7 +62,6 @@ def vectorised():
     rows = out.tolist()
     eos = tok.eos_token_id
     lengths = [min(row.index(eos) + 1 if eos in row else len(row), L()) for row in rows]
-    responses = [out[i, :n] for i, n in enumerate(lengths)]  # what the PPO step would get  # noqa: F841
     return tok.batch_decode([row[:n] for row, n in zip(rows, lengths)], skip_special_tokens=True)
 
 def careful():

@@ -42,7 +42,7 @@ def write_model_card(output_dir, settings: dict, eval_md: str | None, best: dict
 - **Prompts:** the first {settings['prompt_min_tokens']}-{settings['prompt_max_tokens']} tokens of the texts in
   `{settings['dataset_name']}` (column `{settings['text_column']}`); responses of
   {settings['response_min_tokens']}-{settings['response_max_tokens']} tokens, sampled from the policy
-  ({"one length drawn per batch" if settings.get('one_length_per_batch') else "a length drawn per response"}).
+  ({"one length drawn per batch" if settings['one_length_per_batch'] else "a length drawn per response"}).
 
 | setting | value |
 |---|---|

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from trl.trainer.utils import RunningMoments
 
 from ppo_lm.errors import RunError
 
@@ -69,3 +70,13 @@ def compute_rewards(fn, prompts: list[str], responses: list[str], kwargs: dict) 
             raise RunError(f"reward function '{name}' returned {s} at index {i} (response {responses[i]!r}); "
                            "rewards must be finite")
     return [float(s) for s in scores]
+
+
+class ScoreMoments(RunningMoments):
+    """TRL's running score moments for use_score_scaling, kept as tensors. trl 0.11.4's RunningMoments.update stores
+    them as floats, and PPOTrainer.step then calls .to() on them, so use_score_scaling fails at its first step."""
+
+    def update(self, xs: torch.Tensor):
+        moments = super().update(xs)
+        self.mean, self.std = torch.tensor(self.mean), torch.tensor(self.std)
+        return moments
