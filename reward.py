@@ -17,7 +17,7 @@ import torch
 
 
 @functools.cache
-def _text_classifier(model: str, device: int, torch_dtype: str):
+def _text_classifier(model: str, device: torch.device, torch_dtype: str):
     from transformers import pipeline
 
     if model.startswith(("/", ".", "~")) and not os.path.isdir(model):  # a path, not a hub id like org/name
@@ -28,8 +28,11 @@ def _text_classifier(model: str, device: int, torch_dtype: str):
 
 def _label_logits(prompts, responses, model, positive_label, batch_size, torch_dtype) -> list[dict[str, float]]:
     """Raw logit of every label of a text classifier, on prompt + response; positive_label must be one of them."""
-    device = torch.cuda.current_device() if torch.cuda.is_available() else -1
-    classify = _text_classifier(model, device, torch_dtype)
+    from accelerate import PartialState
+
+    # the run's own device: a CPU run on a machine with a GPU (ACCELERATE_USE_CPU, `accelerate launch --cpu`) scores
+    # on the CPU too, and each GPU process on its own GPU
+    classify = _text_classifier(model, PartialState().device, torch_dtype)
     texts = [p + r for p, r in zip(prompts, responses)]
     outputs = classify(texts, top_k=None, function_to_apply="none", batch_size=batch_size, truncation=True)
     logits = [{o["label"]: o["score"] for o in out} for out in outputs]

@@ -130,7 +130,8 @@ class DuringTraining:
         return bool(self.every) and step % self.every == 0
 
     def run(self, trainer, seconds: float) -> dict:
-        devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+        on_gpu = trainer.accelerator.device.type == "cuda"  # a CPU run on a GPU machine leaves CUDA alone
+        devices = list(range(torch.cuda.device_count())) if on_gpu else []
         with torch.random.fork_rng(devices=devices):
             report = evaluate(trainer, prompts=self.prompts, before=self.before, **self.settings)
         self.before = report["before"]

@@ -19,12 +19,13 @@ def test_batched_left_padded_generation_matches_single_sequence_scoring(tiny):
 
     texts = ["The film", "This movie was great to me.", "The plot", "The acting felt slow at times and",
              "It", "The music seemed odd overall. The cast"]
-    queries = [torch.tensor(tokenizer(t)["input_ids"]) for t in texts]
+    device = trainer.accelerator.device  # the GPU where there is one, as in a run
+    queries = [torch.tensor(tokenizer(t)["input_ids"], device=device) for t in texts]
     assert len({len(q) for q in queries}) >= 3  # genuinely ragged, so left padding is exercised
 
     # generation exactly as PPOTrainer._generate_batched pads it, keeping the per-step scores
     tokenizer.padding_side = "left"
-    padded = tokenizer.pad({"input_ids": queries}, return_tensors="pt")
+    padded = tokenizer.pad({"input_ids": [q.tolist() for q in queries]}, return_tensors="pt").to(device)
     torch.manual_seed(0)
     out = model.generate(**padded, max_new_tokens=8, do_sample=True, top_k=0, top_p=1.0,
                          pad_token_id=tokenizer.eos_token_id, output_scores=True, return_dict_in_generate=True)

@@ -88,7 +88,7 @@ def test_eval_kl_equals_a_hand_computation(tiny):
     report = run_evaluate(trainer, tokenizer, seed=3)
     lengths = torch.randint(2, 7, (len(PROMPTS),), generator=torch.Generator().manual_seed(3)).tolist()
     responses = [r[:n] for r, n in zip(generated[1], lengths)]  # the tuned policy's samples ("after"), cut
-    queries = [torch.tensor(ids) for ids in tokenizer(PROMPTS)["input_ids"]]
+    queries = [torch.tensor(ids, device=trainer.accelerator.device) for ids in tokenizer(PROMPTS)["input_ids"]]
 
     def logprobs(model, query, response):
         logits = model.pretrained_model(torch.cat([query, response])[None]).logits[0]

@@ -9,7 +9,7 @@ import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import AutoModelForCausalLMWithValueHead
 
-from conftest import run_script
+from conftest import ROOT, run_script
 from ppo_lm.metrics import read_metrics
 
 BAD_REWARDS = '''
@@ -272,3 +272,26 @@ def test_a_second_run_on_a_live_output_dir_is_refused(tiny_config, tmp_path):
     third = run_script("--config", config, "--overwrite_output_dir", "--steps", "1", "--reward_fn", "vader")
     assert third.returncode == 0, third.stderr  # the killed run's lock went with it
     assert len(read_metrics(out / "metrics.jsonl")) == 1
+
+
+def test_a_cpu_run_on_a_machine_with_a_gpu_leaves_the_gpu_alone(tiny_config, tmp_path):
+    """`accelerate launch --cpu` (ACCELERATE_USE_CPU) on a GPU machine: the classifier reward, the held-out
+    evaluation, checkpoints and the metrics rows all stay on the CPU (a classifier on the GPU in every process of a
+    CPU run was found on an H200). The machine is faked: torch reports a GPU and fails on the first use of it."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "ACCELERATE_USE_CPU": "1", "AS_ON_A_GPU_MACHINE": "1",
+           "PYTHONPATH": str(ROOT / "tests/gpu_machine")}
+    probe = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.is_available()); torch.zeros(1).cuda()"],
+                           env=env, capture_output=True, text=True)
+    assert probe.stdout.strip() == "True" and "the GPU was used" in probe.stderr  # the fake machine works
+    (tmp_path / "held_out.txt").write_text("The film was\nThe plot\nThe acting felt\n")
+    config = tiny_config(steps=2, save_steps=1, eval_file=str(tmp_path / "held_out.txt"), eval_steps=1,
+                         eval_reward_fns=["sentiment_positive"])
+    result = subprocess.run([sys.executable, str(ROOT / "train_ppo.py"), "--config", str(config)], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "the GPU was used" not in result.stderr
+    assert [r["step"] for r in read_metrics(tmp_path / "run/metrics.jsonl") if "eval/reward" in r] == [1, 2]
