@@ -284,8 +284,8 @@ def test_a_cpu_run_on_a_machine_with_a_gpu_leaves_the_gpu_alone(tiny_config, tmp
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "ACCELERATE_USE_CPU": "1", "AS_ON_A_GPU_MACHINE": "1",
            "PYTHONPATH": str(ROOT / "tests/gpu_machine")}
-    probe = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.is_available()); torch.zeros(1).cuda()"],
-                           env=env, capture_output=True, text=True)
+    use_the_gpu = "import torch; print(torch.cuda.is_available()); torch.zeros(1).cuda()"
+    probe = subprocess.run([sys.executable, "-c", use_the_gpu], env=env, capture_output=True, text=True)
     assert probe.stdout.strip() == "True" and "the GPU was used" in probe.stderr  # the fake machine works
     (tmp_path / "held_out.txt").write_text("The film was\nThe plot\nThe acting felt\n")
     config = tiny_config(steps=2, save_steps=1, eval_file=str(tmp_path / "held_out.txt"), eval_steps=1,
