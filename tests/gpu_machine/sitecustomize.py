@@ -16,12 +16,18 @@ if os.environ.get("AS_ON_A_GPU_MACHINE"):
             raise RuntimeError(f"the GPU was used (torch.cuda.{name}) in a CPU run")
         return use
 
-    def _is_available():
-        return True
+    def _is_available():  # CUDA_VISIBLE_DEVICES="" hides the GPU, as on a real machine
+        return os.environ.get("CUDA_VISIBLE_DEVICES") != ""
 
     def _device_count():
-        return 1
+        return int(_is_available())
+
+    _cpu_build_accelerator = torch._C._get_accelerator
+
+    def _get_accelerator(*args):  # what torch.distributed.barrier(device_ids=...) asks
+        return torch.device("cuda") if _is_available() else _cpu_build_accelerator(*args)
 
     torch.cuda.is_available, torch.cuda.device_count = _is_available, _device_count
+    torch._C._get_accelerator = _get_accelerator
     for name in ("_lazy_init", "current_device", "set_device"):  # every CUDA tensor, generator or context starts here
         setattr(torch.cuda, name, _fails(name))
