@@ -26,7 +26,8 @@ def deepspeed_env(stage: int) -> dict:
             "ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE": ds["offload_optimizer_device"],
             "ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE": ds["offload_param_device"],
             "ACCELERATE_DEEPSPEED_ZERO3_INIT": str(ds["zero3_init_flag"]).lower(),
-            "ACCELERATE_MIXED_PRECISION": "no", "ACCELERATE_USE_CPU": None, "DS_ACCELERATOR": "cpu"}
+            "ACCELERATE_MIXED_PRECISION": "no", "ACCELERATE_USE_CPU": None, "DS_ACCELERATOR": "cpu",
+            "CUDA_VISIBLE_DEVICES": ""}  # CPU processes on a machine with a GPU too
 
 
 def run_two(stage, config, *argv, on_start=None):
