@@ -386,7 +386,7 @@ def main(argv: list[str]) -> None:
                    "env/reward_std": all_scores.std().item(), **scalar_stats(stats),
                    "ppo/skipped_minibatches": skipped, "time/generate": t1 - t0, "time/score": t2 - t1,
                    "time/ppo_step": t3 - t2}
-            if accelerator.device.type == "cuda":  # this step's peak; memory that grows from step to step is a leak
+            if torch.cuda.is_available():  # this step's peak; memory that grows from step to step is a leak
                 row["memory/peak_gb"] = torch.cuda.max_memory_allocated() / 2**30
                 torch.cuda.reset_peak_memory_stats()
             check_finite(row, trainable, args.output_dir)

@@ -97,7 +97,7 @@ def save_checkpoint(accelerator, trainer, tokenizer, output_dir: str, step: int,
             try:
                 python_rng, numpy_rng = random.getstate(), np.random.get_state()
                 torch.save({"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all()
-                            if accelerator.device.type == "cuda" else [], "python": [python_rng[0], list(python_rng[1]),
+                            if torch.cuda.is_available() else [], "python": [python_rng[0], list(python_rng[1]),
                                                                             python_rng[2]],
                             "numpy": [numpy_rng[0], numpy_rng[1].tolist(), *numpy_rng[2:]]},
                            tmp / f"rng-{accelerator.process_index}.pt")

@@ -130,8 +130,7 @@ class DuringTraining:
         return bool(self.every) and step % self.every == 0
 
     def run(self, trainer, seconds: float) -> dict:
-        on_gpu = trainer.accelerator.device.type == "cuda"  # a CPU run on a GPU machine leaves CUDA alone
-        devices = list(range(torch.cuda.device_count())) if on_gpu else []
+        devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
         with torch.random.fork_rng(devices=devices):
             report = evaluate(trainer, prompts=self.prompts, before=self.before, **self.settings)
         self.before = report["before"]

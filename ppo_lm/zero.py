@@ -59,9 +59,8 @@ def check(save_merged: bool) -> None:
 
 def process_group() -> dict:
     """accelerate's PartialState arguments: DeepSpeed on CPU processes needs the gloo backend named (accelerate
-    would otherwise count one process and let each train alone as rank 0 of 1), also on a machine with a GPU."""
-    on_cpu = parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available()
-    return {"backend": "gloo"} if in_use() and on_cpu else {}
+    would otherwise count one process and let each train alone as rank 0 of 1)."""
+    return {"backend": "gloo"} if in_use() and not torch.cuda.is_available() else {}
 
 
 def plugin(mini_batch_size: int):
