@@ -98,7 +98,8 @@ class ScriptArguments:
     reward_fn: str = field(
         default="sentiment_classifier", metadata={"help": "Function in reward.py, or path/to/file.py:function."})
     reward_kwargs: JsonDict = field(
-        default_factory=JsonDict, metadata={"help": "Keyword arguments for the reward function (YAML mapping or JSON)."})
+        default_factory=JsonDict,
+        metadata={"help": "Keyword arguments for the reward function (YAML mapping or JSON)."})
     # outputs
     output_dir: str = field(default="runs/ppo", metadata={"help": "Where the model, metrics and checkpoints go."})
     overwrite_output_dir: bool = field(default=False, metadata={"help": "Replace an earlier run in output_dir."})
@@ -110,7 +111,8 @@ class ScriptArguments:
         default=None, metadata={"help": "Push OUTPUT_DIR to this hub repo at the end (checked at start-up)."})
     sample_every: int = field(default=20, metadata={"help": "Print a table of samples every N steps; 0 = never."})
     eval_file: Optional[str] = field(
-        default=None, metadata={"help": "Held-out prompts, one per line: compare reference and tuned policy at the end."})
+        default=None,
+        metadata={"help": "Held-out prompts, one per line: compare reference and tuned policy at the end."})
     eval_steps: int = field(
         default=0, metadata={"help": "Also evaluate on held-out prompts every N steps (eval/... columns of "
                              "metrics.jsonl; the best step's checkpoint is kept); 0 = only at the end."})

@@ -50,7 +50,8 @@ def row(seed, steps, out, target):
     last = rows[-5:]
     return {"seed": seed, "steps": steps, "reward_before": report["before"][reward]["mean"],
             "reward_after": report["after"][reward]["mean"], "reward_gain": gain[reward],
-            **{f"{j}_gain": gain[j] for j in judges}, "heldout_kl": report["kl"], "kl_over_target": report["kl"] / target,
+            **{f"{j}_gain": gain[j] for j in judges}, "heldout_kl": report["kl"],
+            "kl_over_target": report["kl"] / target,
             "train_kl_last5": sum(r["objective/kl"] for r in last) / len(last),
             "beta_last": last[-1]["objective/kl_coef"], "beta_max": max(r["objective/kl_coef"] for r in rows)}
 

@@ -43,8 +43,8 @@ def gpt2_tokenizer(vocab_size: int = 512) -> GPT2TokenizerFast:
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(corpus(500), trainer)
-    return GPT2TokenizerFast(tokenizer_object=tok, model_max_length=1024, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
-                             unk_token="<|endoftext|>")
+    return GPT2TokenizerFast(tokenizer_object=tok, model_max_length=1024, bos_token="<|endoftext|>",
+                             eos_token="<|endoftext|>", unk_token="<|endoftext|>")
 
 
 def bert_tokenizer() -> DistilBertTokenizerFast:
@@ -57,8 +57,8 @@ def bert_tokenizer() -> DistilBertTokenizerFast:
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
         special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))])
-    return DistilBertTokenizerFast(tokenizer_object=tok, model_max_length=128, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-                                   sep_token="[SEP]", mask_token="[MASK]")
+    return DistilBertTokenizerFast(tokenizer_object=tok, model_max_length=128, unk_token="[UNK]", pad_token="[PAD]",
+                                   cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
 
 
 def pretrain(model, tokenizer, steps: int = 150, seed: int = 0) -> None:

@@ -241,8 +241,6 @@ def check_accelerate_kwargs(config) -> None:
 # Generation settings under which the responses are samples of the policy itself; PPOTrainer computes
 # log-probabilities from the raw logits, so any other setting makes KL(policy || ref) estimates biased.
 HONEST_SAMPLING = {"do_sample": True, "top_k": 0, "top_p": 1.0, "temperature": 1.0, "min_length": -1}
-DERIVED_PPO_FIELDS = {"world_size", "backward_batch_size", "global_backward_batch_size", "global_batch_size",
-                      "is_encoder_decoder", "is_peft_model"}
 
 
 def check_settings(args, config, model_args) -> None:
@@ -257,8 +255,8 @@ def check_settings(args, config, model_args) -> None:
         raise RunError("min_kl_coef is a floor for the adaptive KL controller, but adap_kl_ctrl is false (beta stays "
                        "at init_kl_coef): set adap_kl_ctrl: true, or remove min_kl_coef")
     if args.min_kl_coef is not None and args.min_kl_coef > config.init_kl_coef:
-        raise RunError(f"min_kl_coef ({args.min_kl_coef}) is above init_kl_coef ({config.init_kl_coef}): beta starts at "
-                       "init_kl_coef, so set min_kl_coef to at most that")
+        raise RunError(f"min_kl_coef ({args.min_kl_coef}) is above init_kl_coef ({config.init_kl_coef}): beta starts "
+                       "at init_kl_coef, so set min_kl_coef to at most that")
     if args.eval_steps and not args.eval_file:
         raise RunError(f"eval_steps {args.eval_steps} evaluates on held-out prompts, but no eval_file is set: set "
                        "eval_file (one prompt per line), or eval_steps: 0")

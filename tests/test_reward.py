@@ -106,5 +106,5 @@ def test_reward_that_raises_names_the_sample():
 
     with pytest.raises(RunError) as e:
         compute_rewards(fragile, ["p0", "p1", "p2"], ["ok", "", "fine"], {})
-    assert str(e.value) == ("reward function 'fragile' raised ZeroDivisionError: float division by zero — on sample 1: "
-                            "prompt='p1' response=''")
+    assert str(e.value) == ("reward function 'fragile' raised ZeroDivisionError: float division by zero — on sample "
+                            "1: prompt='p1' response=''")
