@@ -61,13 +61,22 @@ def evaluate(trainer, tokenizer, prompts: list[str], scorers: dict, reward_kwarg
     return report
 
 
+def change_se(before: list[float], after: list[float]) -> float:
+    """Standard error of the mean change, paired by prompt (the same prompts, seed and lengths before and after):
+    how far the reported change could move with another sample of prompts."""
+    diffs = torch.tensor(after, dtype=torch.float64) - torch.tensor(before, dtype=torch.float64)
+    return (diffs.std() / len(diffs) ** 0.5).item() if len(diffs) > 1 else float("nan")
+
+
 def write_eval_report(report: dict, output_dir, n_samples: int = 10) -> str:
     """eval.json (all samples) and eval.md (summary, per-scorer table, samples); returns the summary."""
     before, after = report["before"], report["after"]
     reward, *judges = report["scorers"]
     low, high = report["response_tokens"]
     delta = {s: after[s]["mean"] - before[s]["mean"] for s in report["scorers"]}
-    summary = (f"held-out {reward}: mean {before[reward]['mean']:+.3f} -> {after[reward]['mean']:+.3f}, "
+    report["change_se"] = se = {s: change_se(before[s]["scores"], after[s]["scores"]) for s in report["scorers"]}
+    summary = (f"held-out {reward}: mean {before[reward]['mean']:+.3f} -> {after[reward]['mean']:+.3f} "
+               f"({delta[reward]:+.3f} ± {se[reward]:.3f} s.e.), "
                f"median {before[reward]['median']:+.3f} -> {after[reward]['median']:+.3f}"
                + "".join(f"; judge {j}: {before[j]['mean']:+.3f} -> {after[j]['mean']:+.3f}" for j in judges)
                + f"; KL(policy || reference) {report['kl']:.2f} nats on {len(report['prompts'])} prompts, "
@@ -78,7 +87,7 @@ def write_eval_report(report: dict, output_dir, n_samples: int = 10) -> str:
                     "the policy may be exploiting the reward function (reward hacking); read the samples")
     report["reward_hacking_suspected"] = bool(hacked)
     table = "".join(f"| {s}{' (training reward)' if s == reward else ' (judge)'} | {before[s]['mean']:+.3f} | "
-                    f"{after[s]['mean']:+.3f} | {delta[s]:+.3f} | {before[s]['median']:+.3f} | "
+                    f"{after[s]['mean']:+.3f} | {delta[s]:+.3f} | {se[s]:.3f} | {before[s]['median']:+.3f} | "
                     f"{after[s]['median']:+.3f} |\n" for s in report["scorers"])
     rows = [f"| {p} | {b} | {before_r:+.3f} | {a} | {after_r:+.3f} |".replace("\n", " ")
             for p, b, before_r, a, after_r in list(zip(report["prompts"], before["responses"],
@@ -86,7 +95,8 @@ def write_eval_report(report: dict, output_dir, n_samples: int = 10) -> str:
                                                         after[reward]["scores"]))[:n_samples]]
     Path(output_dir, "eval.md").write_text(
         f"# Evaluation on held-out prompts\n\n{summary}\n\n"
-        "| scorer | mean before | mean after | change | median before | median after |\n|---|---|---|---|---|---|\n"
+        "| scorer | mean before | mean after | change | s.e. of change | median before | median after |\n"
+        "|---|---|---|---|---|---|---|\n"
         f"{table}\n| prompt | before | {reward} | after | {reward} |\n|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
     Path(output_dir, "eval.json").write_text(json.dumps(report, indent=1))
     return summary

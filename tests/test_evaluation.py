@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from ppo_lm.evaluation import write_eval_report
+from ppo_lm.evaluation import change_se, write_eval_report
 
 
 def report(reward_after, judge_after):
@@ -17,11 +17,23 @@ def report(reward_after, judge_after):
 
 def test_judge_that_rises_with_the_reward(tmp_path):
     summary = write_eval_report(report(1.2, 0.4), tmp_path)
-    assert summary == ("held-out sentiment_classifier: mean +0.000 -> +1.200, median +0.000 -> +1.200; judge vader: "
-                       "+0.100 -> +0.400; KL(policy || reference) 3.00 nats on 2 prompts, responses of 4-16 tokens "
-                       "as in training")
-    assert "| vader (judge) | +0.100 | +0.400 | +0.300 |" in (tmp_path / "eval.md").read_text()
+    assert summary == ("held-out sentiment_classifier: mean +0.000 -> +1.200 (+1.200 ± 0.000 s.e.), median +0.000 -> "
+                       "+1.200; judge vader: +0.100 -> +0.400; KL(policy || reference) 3.00 nats on 2 prompts, "
+                       "responses of 4-16 tokens as in training")
+    assert "| vader (judge) | +0.100 | +0.400 | +0.300 | 0.000 |" in (tmp_path / "eval.md").read_text()
     assert json.loads((tmp_path / "eval.json").read_text())["reward_hacking_suspected"] is False
+
+
+def test_the_change_has_its_paired_standard_error(tmp_path):
+    # per-prompt changes 1, 2, 3, 4: standard deviation sqrt(5/3), over sqrt(4) prompts
+    assert change_se([0.0, 1.0, 2.0, 3.0], [1.0, 3.0, 5.0, 7.0]) == pytest.approx((5 / 3) ** 0.5 / 2)
+    assert change_se([0.0, 1.0, 2.0], [5.0, 6.0, 7.0]) == 0.0  # every prompt moved alike: no doubt about the mean
+    changed = report(1.2, 0.4)
+    changed["after"]["sentiment_classifier"]["scores"] = [1.0, 1.4]  # changes 1.0 and 1.4: s.e. 0.2
+    summary = write_eval_report(changed, tmp_path)
+    assert "(+1.200 ± 0.200 s.e.)" in summary
+    assert json.loads((tmp_path / "eval.json").read_text())["change_se"]["sentiment_classifier"] == \
+        pytest.approx(0.2)
 
 
 def test_reward_up_and_judge_flat_is_flagged(tmp_path):
