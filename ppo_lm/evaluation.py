@@ -7,6 +7,7 @@ reward that rises while a judge does not is the signature of reward hacking, and
 import json
 from contextlib import nullcontext
 from pathlib import Path
+from statistics import stdev
 
 import torch
 
@@ -64,8 +65,8 @@ def evaluate(trainer, tokenizer, prompts: list[str], scorers: dict, reward_kwarg
 def change_se(before: list[float], after: list[float]) -> float:
     """Standard error of the mean change, paired by prompt (the same prompts, seed and lengths before and after):
     how far the reported change could move with another sample of prompts."""
-    diffs = torch.tensor(after, dtype=torch.float64) - torch.tensor(before, dtype=torch.float64)
-    return (diffs.std() / len(diffs) ** 0.5).item() if len(diffs) > 1 else float("nan")
+    diffs = [a - b for a, b in zip(after, before)]
+    return stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else float("nan")
 
 
 def write_eval_report(report: dict, output_dir, n_samples: int = 10) -> str:
