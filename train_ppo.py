@@ -27,9 +27,11 @@ from pathlib import Path
 from typing import Optional
 
 warnings.filterwarnings("ignore", category=FutureWarning)  # TRL 0.11 marks PPOConfig/PPOTrainer deprecated
-if os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes", "y", "t", "on"):
-    # a CPU run (`accelerate launch --cpu`) on a machine with a GPU: hide the GPU before torch sees it, or accelerate's
-    # barrier between processes would put a tensor on cuda:LOCAL_RANK (rank 1 fails on a one-GPU machine)
+if (os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes", "y", "t", "on")
+        or os.environ.get("DS_ACCELERATOR") == "cpu"):
+    # a CPU run (`accelerate launch --cpu`, or DeepSpeed on CPU processes) on a machine with a GPU: hide the GPU
+    # before torch sees it, or accelerate's barrier between processes would put a tensor on cuda:LOCAL_RANK (rank 1
+    # fails on a one-GPU machine)
     os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
 import torch  # noqa: E402

@@ -45,6 +45,10 @@ def tiny_config(tiny, tmp_path):
     return write
 
 
+# A faked machine with a GPU (tests/gpu_machine/sitecustomize.py): torch reports one and fails on the first use of it
+GPU_MACHINE = {"AS_ON_A_GPU_MACHINE": "1", "PYTHONPATH": str(ROOT / "tests/gpu_machine")}
+
+
 def run_script(*args, timeout=300, **kwargs) -> subprocess.CompletedProcess:
     """python train_ppo.py ARGS, as a user runs it."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}

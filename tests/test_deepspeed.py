@@ -9,7 +9,7 @@ import yaml
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from conftest import ROOT, run_launched, sigterm_to_rank_1_after
+from conftest import GPU_MACHINE, ROOT, run_launched, sigterm_to_rank_1_after
 from ppo_lm.checkpoints import list_checkpoints
 from ppo_lm.metrics import read_metrics
 
@@ -18,7 +18,8 @@ pytest.importorskip("deepspeed")
 
 def deepspeed_env(stage: int) -> dict:
     """What `accelerate launch --config_file configs/accelerate/deepspeed_zeroN.yaml` sets for the script, on CPU
-    processes: the config's DeepSpeed settings, DS_ACCELERATOR=cpu and no mixed precision (bf16 is for GPUs)."""
+    processes: the config's DeepSpeed settings, DS_ACCELERATOR=cpu and no mixed precision (bf16 is for GPUs). On the
+    faked GPU machine: CPU processes must leave a GPU alone (the script hides it when DS_ACCELERATOR=cpu)."""
     config = yaml.safe_load((ROOT / "configs" / "accelerate" / f"deepspeed_zero{stage}.yaml").read_text())
     ds = config["deepspeed_config"]
     assert config["distributed_type"] == "DEEPSPEED" and ds["zero_stage"] == stage
@@ -27,7 +28,7 @@ def deepspeed_env(stage: int) -> dict:
             "ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE": ds["offload_param_device"],
             "ACCELERATE_DEEPSPEED_ZERO3_INIT": str(ds["zero3_init_flag"]).lower(),
             "ACCELERATE_MIXED_PRECISION": "no", "ACCELERATE_USE_CPU": None, "DS_ACCELERATOR": "cpu",
-            "CUDA_VISIBLE_DEVICES": ""}  # CPU processes on a machine with a GPU too
+            **GPU_MACHINE}
 
 
 def run_two(stage, config, *argv, on_start=None):

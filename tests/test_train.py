@@ -9,7 +9,7 @@ import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import AutoModelForCausalLMWithValueHead
 
-from conftest import ROOT, run_launched, run_script
+from conftest import GPU_MACHINE, ROOT, run_launched, run_script
 from ppo_lm.metrics import read_metrics
 
 BAD_REWARDS = '''
@@ -283,14 +283,13 @@ def test_a_cpu_run_on_a_machine_with_a_gpu_leaves_the_gpu_alone(tiny_config, tmp
     import subprocess
     import sys
 
-    fake = {"AS_ON_A_GPU_MACHINE": "1", "PYTHONPATH": str(ROOT / "tests/gpu_machine")}
     use_the_gpu = "import torch; print(torch.cuda.is_available()); torch.zeros(1).cuda()"
-    probe = subprocess.run([sys.executable, "-c", use_the_gpu], env={**os.environ, **fake}, capture_output=True,
+    probe = subprocess.run([sys.executable, "-c", use_the_gpu], env={**os.environ, **GPU_MACHINE}, capture_output=True,
                            text=True)
     assert probe.stdout.strip() == "True" and "the GPU was used" in probe.stderr  # the fake machine works
     (tmp_path / "held_out.txt").write_text("The film was\nThe plot\nThe acting felt\n")
     config = tiny_config(steps=2, save_steps=1, eval_file=str(tmp_path / "held_out.txt"), eval_steps=1,
                          eval_reward_fns=["sentiment_positive"])
-    codes, stderr = run_launched(2, config, env=fake)
+    codes, stderr = run_launched(2, config, env=GPU_MACHINE)
     assert codes == [0, 0], stderr
     assert [r["step"] for r in read_metrics(tmp_path / "run/metrics.jsonl") if "eval/reward" in r] == [1, 2]
