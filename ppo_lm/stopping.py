@@ -17,13 +17,18 @@ from ppo_lm.errors import RunError
 
 
 class StopSignals(list):
-    """The stop signals received so far. The first SIGINT/SIGTERM asks for a clean stop (checkpoint the current step,
-    then exit); a second one exits at once, keeping the last checkpoint."""
+    """The stop signals received so far, while the PPO loop runs (`with StopSignals() as stop_signals:`). The first
+    SIGINT/SIGTERM asks for a clean stop (checkpoint the current step, then exit); a second one exits at once,
+    keeping the last checkpoint. The handlers from before are put back when the loop ends, so a Ctrl-C after it (or
+    in a program that called main()) interrupts as usual."""
 
-    def install(self) -> "StopSignals":
-        signal.signal(signal.SIGINT, self.receive)
-        signal.signal(signal.SIGTERM, self.receive)
+    def __enter__(self) -> "StopSignals":
+        self.earlier = {signum: signal.signal(signum, self.receive) for signum in (signal.SIGINT, signal.SIGTERM)}
         return self
+
+    def __exit__(self, *exc_info) -> None:
+        for signum, handler in self.earlier.items():
+            signal.signal(signum, handler)
 
     def receive(self, signum, frame):
         if self:

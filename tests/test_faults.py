@@ -6,6 +6,7 @@ process): it kills its process, patches torch.save to fail as on a full disk, or
 begins."""
 
 import json
+import os
 import pickle
 import shutil
 import signal
@@ -20,6 +21,7 @@ from transformers import AutoModelForCausalLM
 from conftest import ROOT, run_launched, run_script
 from ppo_lm.checkpoints import list_checkpoints
 from ppo_lm.metrics import read_metrics
+from ppo_lm.stopping import StopSignals
 
 # `words` scores like a plain reward. Each process counts its calls in OUT/calls-RANK (the first call is the start-up
 # check on two prompts, then one per step); the other functions score the same and add a fault at call `at`.
@@ -73,6 +75,21 @@ def signal_in_update(prompts, responses, out="", at=0, signum=15, **kwargs):  # 
             return step(self, *args, **kw)
 
         PPOTrainer.step = step_with_signal
+    return [float(len(r.split())) for r in responses]
+
+
+def signal_when_saved(prompts, responses, out="", at=0, signum=2, **kwargs):  # a signal as the tuned policy is saved
+    if _call(out) == at:
+        import sys
+
+        script = sys.modules["__main__"]  # train_ppo.py
+        save_policy = script.save_policy
+
+        def save_with_signal(*args, **kw):
+            os.kill(os.getpid(), signum)
+            return save_policy(*args, **kw)
+
+        script.save_policy = save_with_signal
     return [float(len(r.split())) for r in responses]
 '''
 ROWS = ["env/reward_mean", "env/reward_std", "objective/kl", "objective/kl_coef", "ppo/loss/total",
@@ -297,6 +314,38 @@ def test_ctrl_c_while_importing_is_one_line(faults, tmp_path):
     assert "Traceback" not in stderr
     assert last_line(stderr).startswith("error: interrupted (Ctrl-C) during start-up, before the first PPO step")
     assert not (tmp_path / "run").exists()
+
+
+def test_ctrl_c_while_saving_the_end_says_the_checkpoint_holds_the_run(faults, tmp_path):
+    """Ctrl-C after the last step, as the tuned policy is being saved: the loop's stop handlers are gone (one Ctrl-C
+    interrupts), one line says which checkpoint holds the training, and its command saves and reports it."""
+    out = tmp_path / "run"
+    config = faults("signal_when_saved", at=3, signum=int(signal.SIGINT), steps=2)  # call 3: the scoring of step 2
+    result = subprocess.run([sys.executable, "-c", AS_FROM_A_TERMINAL, str(ROOT / "train_ppo.py"), "--config",
+                             str(config)], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"})
+    assert result.returncode == 130, result.stderr
+    assert "Traceback" not in result.stderr and "finishing this step" not in result.stderr
+    assert last_line(result.stderr) == (
+        f"error: interrupted (Ctrl-C) while saving the tuned policy and the report; the training is in "
+        f"{out}/checkpoint-2: save and report it with: python {ROOT / 'train_ppo.py'} --config {config} "
+        f"--resume_from_checkpoint latest")
+    assert not (out / "model.safetensors").exists()
+
+    result = run_script("--config", config, "--resume_from_checkpoint", "latest")
+    assert result.returncode == 0, result.stderr
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [1, 2]
+    assert AutoModelForCausalLM.from_pretrained(out).config.n_layer == 2
+
+
+def test_the_stop_handlers_last_as_long_as_the_loop():
+    """Inside the loop a SIGTERM is recorded for a clean stop; after it the earlier handlers are back, so a program
+    that calls main() (the bench's --to_target) keeps its own Ctrl-C."""
+    before = [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)]
+    with StopSignals() as received:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert received == [signal.SIGTERM]
+    assert [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)] == before
 
 
 def test_all_linear_adapts_every_linear_layer(faults, tmp_path):
