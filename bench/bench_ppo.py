@@ -21,7 +21,7 @@ time (generate + score + PPO step; evaluation excluded) each needs to reach a he
 
     python bench/bench_ppo.py --size tiny                   # CPU, a few minutes
     python bench/bench_ppo.py --size smollm2 --steps 3      # CPU, the real models, about 5 minutes
-    python bench/bench_ppo.py --size smollm2 --to_target --max_steps 42 --eval_every 6   # CPU, about 25 minutes
+    python bench/bench_ppo.py --size smollm2 --to_target --eval_every 6   # CPU, about 25 minutes
     python bench/bench_ppo.py --size gpt2 --device cuda     # one GPU
     python bench/bench_ppo.py --size gpt2 --epoch           # one GPU: a whole run of configs/gpt2_imdb.yaml
 
@@ -226,6 +226,7 @@ def time_to_target(opts, work: Path) -> None:
     """Ours (train_ppo.py on the shipped config) and the careful TRL loop on the same settings, evaluated at the same
     steps on the same held-out prompts; prints the training time each takes to reach each gain within the KL target."""
     config = yaml.safe_load(CONFIG.read_text())
+    opts.max_steps = opts.max_steps or config["steps"]
     paths = {k: str(p) for k, p in REAL.items()}
     keys = ["batch_size", "mini_batch_size", "ppo_epochs", "learning_rate", "init_kl_coef", "target", "horizon"]
     SETTINGS.update({k: config[k] for k in keys} | {"seed": opts.seed})
@@ -354,7 +355,8 @@ def main():
     parser.add_argument("--notebook_steps", type=int, default=None, help="timed steps for the (slow) notebook loop")
     parser.add_argument("--out", type=Path, default=None, help="also write the markdown table here")
     parser.add_argument("--to_target", action="store_true", help="with --size smollm2: time to a held-out gain")
-    parser.add_argument("--max_steps", type=int, default=42, help="--to_target: steps per loop")
+    parser.add_argument("--max_steps", type=int, default=None, help="--to_target: steps per loop (default: the "
+                        "shipped config's steps)")
     parser.add_argument("--eval_every", type=int, default=6, help="--to_target: steps between evaluations")
     parser.add_argument("--eval_samples", type=int, default=64, help="--to_target: held-out prompts evaluated")
     parser.add_argument("--seed", type=int, default=0, help="--to_target: the seed of both loops")
