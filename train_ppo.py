@@ -333,7 +333,8 @@ def main(argv: list[str]) -> None:
 
     # ---- Trainer. Until the first step is logged, a failure leaves output_dir as it was (an earlier run that
     # --overwrite_output_dir replaces is kept aside until then)
-    with NewRun(args.output_dir, settings, active=state.is_main_process and not checkpoint) as new_run:
+    with (NewRun(args.output_dir, settings, active=state.is_main_process and not checkpoint) as new_run,
+          StopSignals() as stop_signals):
         with together(state):
             trainer = make_trainer(config, policy, reference, tokenizer, args)
             start_step = 0
@@ -343,6 +344,10 @@ def main(argv: list[str]) -> None:
         if checkpoint and state.is_main_process:
             truncate_metrics(metrics_path, start_step)
             print(f"resumed from {checkpoint} at step {start_step} (beta={trainer.kl_ctl.value:.4f})", file=sys.stderr)
+        # the first SIGINT/SIGTERM finishes the current step and checkpoints it; a second one exits at once (until
+        # this block ends: the earlier handlers are put back)
+        stop_signals.install()
+
         # ---- The PPO loop
         response_length = LengthSampler(args.response_min_tokens, args.response_max_tokens + 1)
         generation_kwargs = {k: getattr(args, k) for k in HONEST_SAMPLING} | {
@@ -353,76 +358,74 @@ def main(argv: list[str]) -> None:
         started = time.perf_counter()
         progress = tqdm(range(start_step + 1, config.steps + 1), initial=start_step, total=config.steps,
                         desc="PPO", disable=not state.is_main_process, dynamic_ncols=True)
-        # the first SIGINT/SIGTERM finishes the current step and checkpoints it; a second one exits at once
-        with StopSignals() as stop_signals:
-            for step in progress:
-                rows = batch_indices(len(dataset), config.batch_size, step, config.seed,
-                                     accelerator.process_index, accelerator.num_processes)
-                batch = dataset[rows]
-                queries = [torch.tensor(ids, device=accelerator.device) for ids in batch["input_ids"]]
+        for step in progress:
+            rows = batch_indices(len(dataset), config.batch_size, step, config.seed,
+                                 accelerator.process_index, accelerator.num_processes)
+            batch = dataset[rows]
+            queries = [torch.tensor(ids, device=accelerator.device) for ids in batch["input_ids"]]
 
-                with together(state):  # each process generates and scores its own slice: a reward error reaches all
-                    # 1. Generate: the whole batch left-padded per generate() call. Each response is cut to its own
-                    #    sampled length; the first n tokens of a longer sample are exactly a sample of n tokens.
-                    #    (one_length_per_batch: TRL's length_sampler, one length per generate() call, as its examples.)
-                    t0 = time.perf_counter()
-                    try:
-                        responses = trainer.generate(
-                            queries, batch_size=args.generation_batch_size, return_prompt=False,
-                            length_sampler=response_length if args.one_length_per_batch else None, **generation_kwargs)
-                    except RuntimeError as e:  # torch.multinomial on inf/NaN probabilities: the weights blew up
-                        if "probability tensor" not in str(e):
-                            raise
-                        raise diverged(args.output_dir, step, "sampling found inf/NaN probabilities") from None
-                    if not args.one_length_per_batch:
-                        responses = [r[: response_length()] for r in responses]
-                    response_texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
+            with together(state):  # each process generates and scores its own slice: a reward error reaches all
+                # 1. Generate: the whole batch left-padded per generate() call. Each response is cut to its own
+                #    sampled length; the first n tokens of a longer sample are exactly a sample of n tokens.
+                #    (one_length_per_batch: TRL's length_sampler, one length per generate() call, as its examples.)
+                t0 = time.perf_counter()
+                try:
+                    responses = trainer.generate(queries, batch_size=args.generation_batch_size, return_prompt=False,
+                                                 length_sampler=response_length if args.one_length_per_batch else None,
+                                                 **generation_kwargs)
+                except RuntimeError as e:  # torch.multinomial on inf/NaN probabilities: the weights blew up
+                    if "probability tensor" not in str(e):
+                        raise
+                    raise diverged(args.output_dir, step, "sampling found inf/NaN probabilities") from None
+                if not args.one_length_per_batch:
+                    responses = [r[: response_length()] for r in responses]
+                response_texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
 
-                    # 2. Score
-                    t1 = time.perf_counter()
-                    scores = compute_rewards(reward_fn, batch["query"], response_texts, args.reward_kwargs)
+                # 2. Score
+                t1 = time.perf_counter()
+                scores = compute_rewards(reward_fn, batch["query"], response_texts, args.reward_kwargs)
 
-                # 3. PPO step: KL-penalised rewards, advantages, ppo_epochs of minibatch updates, beta update
-                t2 = time.perf_counter()
-                stats, skipped = ppo_step(trainer, queries, responses, scores)
-                t3 = time.perf_counter()
+            # 3. PPO step: KL-penalised rewards, advantages, ppo_epochs of minibatch updates, beta update
+            t2 = time.perf_counter()
+            stats, skipped = ppo_step(trainer, queries, responses, scores)
+            t3 = time.perf_counter()
 
-                # 4. Log: one metrics row per step, from statistics gathered over all processes
-                all_scores = accelerator.gather(torch.tensor(scores, device=accelerator.device)).float()
-                row = {"step": step, "env/episodes": len(all_scores), "env/reward_mean": all_scores.mean().item(),
-                       "env/reward_std": all_scores.std().item(), **scalar_stats(stats),
-                       "ppo/skipped_minibatches": skipped, "time/generate": t1 - t0, "time/score": t2 - t1,
-                       "time/ppo_step": t3 - t2}
-                if torch.cuda.is_available():  # this step's peak; memory that grows from step to step is a leak
-                    row["memory/peak_gb"] = torch.cuda.max_memory_allocated() / 2**30
-                    torch.cuda.reset_peak_memory_stats()
-                check_finite(row, trainable, args.output_dir)
-                if held_out.due(step) and evaluates_here(accelerator):
-                    row |= held_out.run(trainer, time.perf_counter() - started)  # the held-out prompts
-                samples = {"prompt": batch["query"], "response": response_texts, "reward": scores} \
-                    if args.sample_every and step % args.sample_every == 0 else None
-                if config.log_with:
-                    log_to_trackers(accelerator, row, samples)
-                if state.is_main_process:
-                    append_row(metrics_path, row)
-                    progress.set_postfix(reward=f"{row['env/reward_mean']:.3f}", kl=f"{row['objective/kl']:.2f}",
-                                         beta=f"{trainer.kl_ctl.value:.3f}")
-                    if samples:
-                        print_table(f"samples at step {step}", list(samples), *samples.values())
-                new_run.started()  # the earlier run it replaces, if any, is deleted now
+            # 4. Log: one metrics row per step, from statistics gathered over all processes
+            all_scores = accelerator.gather(torch.tensor(scores, device=accelerator.device)).float()
+            row = {"step": step, "env/episodes": len(all_scores), "env/reward_mean": all_scores.mean().item(),
+                   "env/reward_std": all_scores.std().item(), **scalar_stats(stats),
+                   "ppo/skipped_minibatches": skipped, "time/generate": t1 - t0, "time/score": t2 - t1,
+                   "time/ppo_step": t3 - t2}
+            if torch.cuda.is_available():  # this step's peak; memory that grows from step to step is a leak
+                row["memory/peak_gb"] = torch.cuda.max_memory_allocated() / 2**30
+                torch.cuda.reset_peak_memory_stats()
+            check_finite(row, trainable, args.output_dir)
+            if held_out.due(step) and evaluates_here(accelerator):
+                row |= held_out.run(trainer, time.perf_counter() - started)  # the held-out prompts, every eval_steps
+            samples = {"prompt": batch["query"], "response": response_texts, "reward": scores} \
+                if args.sample_every and step % args.sample_every == 0 else None
+            if config.log_with:
+                log_to_trackers(accelerator, row, samples)
+            if state.is_main_process:
+                append_row(metrics_path, row)
+                progress.set_postfix(reward=f"{row['env/reward_mean']:.3f}", kl=f"{row['objective/kl']:.2f}",
+                                     beta=f"{trainer.kl_ctl.value:.3f}")
+                if samples:
+                    print_table(f"samples at step {step}", list(samples), *samples.values())
+            new_run.started()  # the earlier run it replaces, if any, is deleted now
 
-                # 5. Checkpoint: on schedule, at a new best held-out evaluation (kept past save_total_limit), and at a
-                #    stop signal received at any point of this step (agreed by all)
-                stop_signal = agreed_stop(state, stop_signals)
-                best = held_out.due(step) and main_says(state, held_out.is_new_best(row))
-                if stop_signal or best or step % args.save_steps == 0 or step == config.steps:
-                    path = save_checkpoint(accelerator, trainer, tokenizer, args.output_dir, step,
-                                           args.save_total_limit, settings, keep=held_out.keep)
-                    if stop_signal:
-                        raise stopped(stop_signal, step, path, argv)
-            progress.close()
-            if stop_signal := agreed_stop(state, stop_signals):  # asked while the last checkpoint was written
-                raise stopped(stop_signal, config.steps, find_checkpoint(args.output_dir, "latest"), argv)
+            # 5. Checkpoint: on schedule, at a new best held-out evaluation (kept past save_total_limit), and at a
+            #    stop signal received at any point of this step (agreed by all)
+            stop_signal = agreed_stop(state, stop_signals)
+            best = held_out.due(step) and main_says(state, held_out.is_new_best(row))
+            if stop_signal or best or step % args.save_steps == 0 or step == config.steps:
+                path = save_checkpoint(accelerator, trainer, tokenizer, args.output_dir, step, args.save_total_limit,
+                                       settings, keep=held_out.keep)
+                if stop_signal:
+                    raise stopped(stop_signal, step, path, argv)
+        progress.close()
+        if stop_signal := agreed_stop(state, stop_signals):  # asked while the last checkpoint was written
+            raise stopped(stop_signal, config.steps, find_checkpoint(args.output_dir, "latest"), argv)
 
     # ---- Save: the tuned policy with its value head and the tokenizer, loadable both ways; then the reports
     try:

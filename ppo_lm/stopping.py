@@ -17,14 +17,17 @@ from ppo_lm.errors import RunError
 
 
 class StopSignals(list):
-    """The stop signals received so far, while the PPO loop runs (`with StopSignals() as stop_signals:`). The first
+    """The stop signals received so far, from install() to the end of its `with` block (the PPO loop). The first
     SIGINT/SIGTERM asks for a clean stop (checkpoint the current step, then exit); a second one exits at once,
-    keeping the last checkpoint. The handlers from before are put back when the loop ends, so a Ctrl-C after it (or
+    keeping the last checkpoint. The handlers from before are put back when the block ends, so a Ctrl-C after it (or
     in a program that called main()) interrupts as usual."""
 
     def __enter__(self) -> "StopSignals":
-        self.earlier = {signum: signal.signal(signum, self.receive) for signum in (signal.SIGINT, signal.SIGTERM)}
+        self.earlier = {}
         return self
+
+    def install(self) -> None:
+        self.earlier = {signum: signal.signal(signum, self.receive) for signum in (signal.SIGINT, signal.SIGTERM)}
 
     def __exit__(self, *exc_info) -> None:
         for signum, handler in self.earlier.items():

@@ -9,10 +9,10 @@ import pytest
 import yaml
 
 os.environ["HF_HUB_OFFLINE"] = "1"
-if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:  # pytest -n N (make test): the workers share the cores;
-    # torch threads per process (the scripts a test starts inherit it) that add up to the cores, or they spin
-    # against each other's
-    workers = int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
+# pytest -n N (make test): the workers share the cores, so torch threads per process (the scripts a test starts
+# inherit it) that add up to the cores, or they spin against each other's
+workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if workers > 1:
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))

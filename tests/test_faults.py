@@ -343,6 +343,7 @@ def test_the_stop_handlers_last_as_long_as_the_loop():
     that calls main() (the bench's --to_target) keeps its own Ctrl-C."""
     before = [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)]
     with StopSignals() as received:
+        received.install()
         os.kill(os.getpid(), signal.SIGTERM)
         assert received == [signal.SIGTERM]
     assert [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)] == before
