@@ -4,6 +4,7 @@ Exit codes: 2 for bad input or a bad situation found at start-up, 1 for a failur
 by signal N (130 for Ctrl-C)."""
 
 import os
+import signal
 import sys
 from contextlib import contextmanager
 
@@ -31,6 +32,25 @@ def quiet_interrupts() -> None:
         default(kind, value, traceback)
 
     sys.excepthook = hook
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where Ctrl-C is ignored (`nohup`, `&`)
+        signal.signal(signal.SIGINT, note_interrupt)
+
+
+INTERRUPTS = []  # the Ctrl-Cs note_interrupt has seen
+
+
+def note_interrupt(signum, frame):
+    """Python's own Ctrl-C handler (raise KeyboardInterrupt), which also notes the Ctrl-C: Python drops an exception
+    raised in a destructor ("Exception ignored in ... __del__"), and a Ctrl-C can land in one (a `regex` object's,
+    collected while transformers imports), so the run would go on. `raise_dropped_interrupt` raises it again."""
+    INTERRUPTS.append(signum)
+    raise KeyboardInterrupt
+
+
+def raise_dropped_interrupt() -> None:
+    """Raise KeyboardInterrupt if a Ctrl-C came and the run is still going (its exception was dropped)."""
+    if INTERRUPTS:
+        raise KeyboardInterrupt
 
 
 @contextmanager

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 from accelerate.utils import broadcast_object_list, gather_object
 
-from ppo_lm.errors import RunError
+from ppo_lm.errors import RunError, raise_dropped_interrupt
 
 
 class StopSignals(list):
@@ -27,6 +27,7 @@ class StopSignals(list):
         return self
 
     def install(self) -> None:
+        raise_dropped_interrupt()  # a Ctrl-C during start-up stops it, even one Python dropped
         self.earlier = {signum: signal.signal(signum, self.receive) for signum in (signal.SIGINT, signal.SIGTERM)}
 
     def __exit__(self, *exc_info) -> None:

@@ -91,6 +91,17 @@ def signal_when_saved(prompts, responses, out="", at=0, signum=2, **kwargs):  # 
 
         script.save_policy = save_with_signal
     return [float(len(r.split())) for r in responses]
+
+
+def ctrl_c_dropped(prompts, responses, out="", at=0, **kwargs):  # a Ctrl-C whose KeyboardInterrupt Python drops
+    if _call(out) == at:
+        class Dropping:
+            def __del__(self):  # Python ignores an exception raised in a destructor ("Exception ignored in ...")
+                os.kill(os.getpid(), signal.SIGINT)
+                sum(range(10))  # the handler runs (and raises) here
+
+        Dropping()
+    return [float(len(r.split())) for r in responses]
 '''
 ROWS = ["env/reward_mean", "env/reward_std", "objective/kl", "objective/kl_coef", "ppo/loss/total",
         "ppo/policy/approxkl", "tokens/responses_len_mean"]
@@ -314,6 +325,22 @@ def test_ctrl_c_while_importing_is_one_line(faults, tmp_path):
     assert "Traceback" not in stderr
     assert last_line(stderr).startswith("error: interrupted (Ctrl-C) during start-up, before the first PPO step")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_ctrl_c_python_drops_still_stops_the_start_up(copy_of_finished, faults):
+    """A start-up Ctrl-C that lands in a destructor, where Python drops its KeyboardInterrupt (one came while a
+    `regex` object was collected during transformers' imports, and the run trained to the end): the start still
+    stops before the first step, with the start-up line, and the earlier run it was replacing is as it was."""
+    out, _ = copy_of_finished
+    before = snapshot(out)
+    config = faults("ctrl_c_dropped", at=1, steps=2)  # call 1: the start-up check of the reward function
+    result = subprocess.run([sys.executable, "-c", AS_FROM_A_TERMINAL, str(ROOT / "train_ppo.py"), "--config",
+                             str(config), "--overwrite_output_dir"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"})
+    assert "Exception ignored in" in result.stderr  # the fault worked: Python dropped the KeyboardInterrupt
+    assert result.returncode == 130, result.stderr
+    assert last_line(result.stderr).startswith("error: interrupted (Ctrl-C) during start-up, before the first PPO step")
+    assert snapshot(out) == before
 
 
 def test_ctrl_c_while_saving_the_end_says_the_checkpoint_holds_the_run(faults, tmp_path):
