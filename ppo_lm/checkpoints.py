@@ -157,6 +157,19 @@ def load_checkpoint(path: Path, trainer, accelerator) -> dict:
     """Restore what save_checkpoint saved into the trainer and this process's RNGs; return trainer_state.json.
     A damaged file (torn, not plain tensors, not JSON) ends in one line that names it."""
     state = read_checkpoint_file(path / "trainer_state.json", lambda f: json.loads(f.read_text()))
+    saved_processes, processes = state.get("num_processes", accelerator.num_processes), accelerator.num_processes
+    if saved_processes != processes:
+        if zero.stage(accelerator):
+            raise RunError(f"resume_from_checkpoint '{path}': it was saved by a DeepSpeed ZeRO run on "
+                           f"{saved_processes} process(es), each with its shard of the optimizer state, and this run "
+                           f"has {processes}; DeepSpeed cannot re-partition the shards: resume on {saved_processes} "
+                           "process(es), launched as that run was")
+        if accelerator.is_main_process:  # allowed, as other settings may change on a resume
+            batch = trainer.config.batch_size
+            print(f"note: {path.name} was saved by a run on {saved_processes} process(es), and this one has "
+                  f"{processes}: each step's batch is now {batch * processes} episodes (batch_size x processes) "
+                  f"instead of {batch * saved_processes}, and the prompts come in another order from here on; resume "
+                  f"on {saved_processes} to continue the run exactly", file=sys.stderr)
     if zero.stage(accelerator):  # the engine's own checkpoint: weights and this process's optimizer shard
         read_checkpoint_file(path, lambda p: zero.load_engine(trainer.model, p))
     else:

@@ -174,6 +174,21 @@ def test_a_failed_overwrite_start_keeps_the_earlier_run(copy_of_finished, faults
     assert snapshot(out) == before
 
 
+def test_a_resume_on_another_number_of_processes_says_what_changes(copy_of_finished):
+    """A checkpoint written by a 2-process run (its trainer_state.json says so), resumed on 1 process: allowed, as
+    other settings may change on a resume, but one line says that each step's batch and the prompts' order change."""
+    out, config = copy_of_finished
+    state = json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())
+    assert state["num_processes"] == 1
+    (out / "checkpoint-2" / "trainer_state.json").write_text(json.dumps(state | {"num_processes": 2}))
+    result = run_script("--config", config, "--resume_from_checkpoint", "latest")
+    assert result.returncode == 0, result.stderr
+    assert ("note: checkpoint-2 was saved by a run on 2 process(es), and this one has 1: each step's batch is now "
+            "16 episodes (batch_size x processes) instead of 32, and the prompts come in another order from here on; "
+            "resume on 2 to continue the run exactly") in result.stderr.splitlines()
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [1, 2, 3]
+
+
 def test_overwrite_removes_sharded_weights_and_keeps_the_users_files(copy_of_finished, faults, tiny):
     out, _ = copy_of_finished
     AutoModelForCausalLM.from_pretrained(tiny["policy"]).save_pretrained(out, max_shard_size="40KB")

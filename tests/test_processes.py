@@ -9,7 +9,7 @@ import pytest
 from transformers import AutoModelForCausalLM
 
 from ppo_lm.checkpoints import list_checkpoints
-from conftest import run_launched, sigterm_to_rank_1_after
+from conftest import ROOT, run_launched, sigterm_to_rank_1_after
 from ppo_lm.metrics import read_metrics
 
 # Each process records its pid and counts its calls: the first is the start-up check (two dataset prompts), then one
@@ -92,8 +92,9 @@ def test_sigterm_to_one_process_checkpoints_once_and_the_resume_is_exact(tiny_co
     step = max(r["step"] for r in read_metrics(out / "metrics.jsonl"))
     assert step < 8
     last = stderr[0].strip().splitlines()[-1]
-    assert last.startswith(f"error: stopped by SIGTERM after step {step}; checkpoint saved to "
-                           f"{out}/checkpoint-{step}; resume with: ")
+    assert last == (f"error: stopped by SIGTERM after step {step}; checkpoint saved to {out}/checkpoint-{step}; "
+                    f"resume with: {ROOT / 'train_ppo.py'} --config {config} --resume_from_checkpoint latest "
+                    "(on 2 processes, launched as this run was)")
     assert not any(line.startswith("error:") for line in stderr[1].splitlines())
     assert [p.name for p in list_checkpoints(out)] == [f"checkpoint-{step}"]
     assert sorted(p.name for p in (out / f"checkpoint-{step}").glob("rng-*.pt")) == ["rng-0.pt", "rng-1.pt"]

@@ -67,6 +67,7 @@ def test_resume_after_sigkill(slow_config, tmp_path):
     result = run_script("--config", slow_config, "--resume_from_checkpoint", "latest")
     assert result.returncode == 0, result.stderr
     assert f"resumed from {latest} at step {saved['step']}" in result.stderr
+    assert "was saved by a run on" not in result.stderr  # as many processes as before: no note
 
     rows = read_metrics(out / "metrics.jsonl")
     assert [r["step"] for r in rows] == list(range(1, 9))  # no gap, no duplicate
