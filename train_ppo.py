@@ -237,9 +237,10 @@ def check_finite(row: dict, trainable: list, output_dir: str) -> None:
         raise diverged(output_dir, row["step"], bad[0])
 
 
-def resume_command(argv: list[str], num_processes: int) -> str:
-    """This run's arguments with --resume_from_checkpoint latest, on as many processes as it has: each step's batch
-    is batch_size x processes, so only the same number continues it exactly."""
+def resume_command(argv: list[str]) -> str:
+    """This run's arguments with --resume_from_checkpoint latest, on as many processes as it has (accelerate's shared
+    PartialState): each step's batch is batch_size x processes, so only the same number continues it exactly."""
+    num_processes = PartialState().num_processes
     resume = " ".join([sys.argv[0], *[a for a in argv if a != "--overwrite_output_dir"]])
     if "--resume_from_checkpoint" not in argv:
         resume += " --resume_from_checkpoint latest"
@@ -248,9 +249,9 @@ def resume_command(argv: list[str], num_processes: int) -> str:
     return f"{resume} (on {num_processes} processes, launched as this run was)"
 
 
-def stopped(signum: int, step: int, path: Path, argv: list[str], num_processes: int) -> RunError:
+def stopped(signum: int, step: int, path: Path, argv: list[str]) -> RunError:
     return RunError(f"stopped by {signal.Signals(signum).name} after step {step}; checkpoint saved to {path}; resume "
-                    f"with: {resume_command(argv, num_processes)}", code=128 + signum)
+                    f"with: {resume_command(argv)}", code=128 + signum)
 
 
 def held_out_evaluation(args, config, tokenizer, scorers: dict, generation_kwargs: dict, eval_prompts,
@@ -426,11 +427,10 @@ def main(argv: list[str]) -> None:
                 path = save_checkpoint(accelerator, trainer, tokenizer, args.output_dir, step, args.save_total_limit,
                                        settings, keep=held_out.keep)
                 if stop_signal:
-                    raise stopped(stop_signal, step, path, argv, state.num_processes)
+                    raise stopped(stop_signal, step, path, argv)
         progress.close()
         if stop_signal := agreed_stop(state, stop_signals):  # asked while the last checkpoint was written
-            raise stopped(stop_signal, config.steps, find_checkpoint(args.output_dir, "latest"), argv,
-                          state.num_processes)
+            raise stopped(stop_signal, config.steps, find_checkpoint(args.output_dir, "latest"), argv)
 
     # ---- Save: the tuned policy with its value head and the tokenizer, loadable both ways; then the reports
     try:
@@ -441,7 +441,7 @@ def main(argv: list[str]) -> None:
     except KeyboardInterrupt:  # Ctrl-C, now that the stop handlers are gone: the last checkpoint holds the run
         raise RunError(f"interrupted (Ctrl-C) while saving the tuned policy and the report; the training is in "
                        f"{find_checkpoint(args.output_dir, 'latest')}: save and report it with: "
-                       f"{resume_command(argv, state.num_processes)}", code=130) from None
+                       f"{resume_command(argv)}", code=130) from None
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ INTERRUPTS = []  # the Ctrl-Cs note_interrupt has seen
 def note_interrupt(signum, frame):
     """Python's own Ctrl-C handler (raise KeyboardInterrupt), which also notes the Ctrl-C: Python drops an exception
     raised in a destructor ("Exception ignored in ... __del__"), and a Ctrl-C can land in one (a `regex` object's,
-    collected while transformers imports), so the run would go on. `raise_dropped_interrupt` raises it again."""
+    collected during the imports), so the run would go on. `raise_dropped_interrupt` raises it again."""
     INTERRUPTS.append(signum)
     raise KeyboardInterrupt
 
