@@ -328,6 +328,19 @@ AS_FROM_A_TERMINAL = ("import os, signal, sys; signal.signal(signal.SIGINT, sign
                       "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])")
 
 
+@pytest.mark.parametrize("inherited", ["SIG_DFL", "SIG_IGN"])
+def test_the_start_up_handler_leaves_an_ignored_ctrl_c_ignored(inherited):
+    """quiet_interrupts notes Ctrl-C where Python's own handler is in place, and leaves SIGINT ignored where the run
+    was started with it ignored (`nohup`, a background job of a script), as Python itself does."""
+    code = ("import signal; from ppo_lm.errors import quiet_interrupts; quiet_interrupts(); "
+            "handler = signal.getsignal(signal.SIGINT); "
+            "print('ignored' if handler is signal.SIG_IGN else handler.__name__)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, getattr(signal, inherited)))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == {"SIG_DFL": "note_interrupt", "SIG_IGN": "ignored"}[inherited]
+
+
 def test_ctrl_c_while_importing_is_one_line(faults, tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", AS_FROM_A_TERMINAL, str(ROOT / "train_ppo.py"), "--config",
                              str(faults())], cwd=ROOT,
