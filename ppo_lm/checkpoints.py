@@ -155,7 +155,9 @@ def save_policy(accelerator, trainer, tokenizer, output_dir: str) -> None:
 
 def load_checkpoint(path: Path, trainer, accelerator) -> dict:
     """Restore what save_checkpoint saved into the trainer and this process's RNGs; return trainer_state.json.
-    A damaged file (torn, not plain tensors, not JSON) ends in one line that names it."""
+    A damaged file (torn, not plain tensors, not JSON) ends in one line that names it. On another number of
+    processes than the checkpoint's: one line says what changes, or, under ZeRO (a shard per process), the resume is
+    refused."""
     state = read_checkpoint_file(path / "trainer_state.json", lambda f: json.loads(f.read_text()))
     saved_processes, processes = state.get("num_processes", accelerator.num_processes), accelerator.num_processes
     if saved_processes != processes:

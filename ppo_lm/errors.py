@@ -44,7 +44,7 @@ def note_interrupt(signum, frame):
     raised in a destructor ("Exception ignored in ... __del__"), and a Ctrl-C can land in one (a `regex` object's,
     collected during the imports), so the run would go on. `raise_dropped_interrupt` raises it again."""
     INTERRUPTS.append(signum)
-    raise KeyboardInterrupt
+    signal.default_int_handler(signum, frame)
 
 
 def raise_dropped_interrupt() -> None:

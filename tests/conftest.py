@@ -56,6 +56,11 @@ def run_script(*args, timeout=300, **kwargs) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=timeout, **kwargs)
 
 
+def snapshot(out: Path) -> dict:
+    """Every file of an output directory with its bytes, to check that nothing in it changed."""
+    return {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
 def free_port() -> int:
     import socket
 

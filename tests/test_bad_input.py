@@ -12,7 +12,7 @@ import yaml
 
 import train_ppo
 from ppo_lm.checkpoints import list_checkpoints
-from conftest import run_script
+from conftest import run_script, snapshot
 from ppo_lm.errors import RunError
 from ppo_lm.tiny_models import build_classifier
 
@@ -197,11 +197,6 @@ def finished_run(tiny, tmp_path_factory):
     weights = (tmp / "truncated" / "model.safetensors").read_bytes()
     (tmp / "truncated" / "model.safetensors").write_bytes(weights[: len(weights) // 2])
     return tmp, config
-
-
-def snapshot(out):
-    """Every file of the output directory with its bytes."""
-    return {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
 
 
 def prepare(case, finished_run, tiny, tmp_path):

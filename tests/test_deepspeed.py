@@ -9,7 +9,7 @@ import yaml
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from conftest import GPU_MACHINE, ROOT, run_launched, sigterm_to_rank_1_after
+from conftest import GPU_MACHINE, ROOT, run_launched, sigterm_to_rank_1_after, snapshot
 from ppo_lm.checkpoints import list_checkpoints
 from ppo_lm.metrics import read_metrics
 
@@ -71,14 +71,14 @@ def test_zero3_sigterm_and_resume_is_exact(tiny_config, tmp_path):
     assert 2 <= step < 6
     assert [p.name for p in list_checkpoints(out)] == [f"checkpoint-{step}"]
 
-    before = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    before = snapshot(out)
     codes, stderr = run_launched(1, config, "--resume_from_checkpoint", "latest", env=deepspeed_env(3))
     assert codes == [2], stderr  # one process cannot take two ZeRO shards: refused, the run as it was
     assert stderr[0].strip().splitlines()[-1] == (
         f"error: resume_from_checkpoint '{out}/checkpoint-{step}': it was saved by a DeepSpeed ZeRO run on 2 "
         "process(es), each with its shard of the optimizer state, and this run has 1; DeepSpeed cannot re-partition "
         "the shards: resume on 2 process(es), launched as that run was")
-    assert {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} == before
+    assert snapshot(out) == before
 
     codes, stderr = run_two(3, config, "--resume_from_checkpoint", "latest")
     assert codes == [0, 0], stderr

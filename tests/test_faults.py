@@ -18,7 +18,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from conftest import ROOT, run_launched, run_script
+from conftest import ROOT, run_launched, run_script, snapshot
 from ppo_lm.checkpoints import list_checkpoints
 from ppo_lm.metrics import read_metrics
 from ppo_lm.stopping import StopSignals
@@ -119,10 +119,6 @@ def faults(tiny_config, tmp_path):
                            reward_kwargs={"out": str(tmp_path), "at": at, "signum": signum}, **settings)
 
     return config
-
-
-def snapshot(out):
-    return {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
 
 
 def last_line(stderr: str) -> str:
@@ -328,6 +324,13 @@ AS_FROM_A_TERMINAL = ("import os, signal, sys; signal.signal(signal.SIGINT, sign
                       "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])")
 
 
+def run_as_from_a_terminal(*argv) -> subprocess.CompletedProcess:
+    """python train_ppo.py ARGV, started as a terminal starts it (a Ctrl-C it sends itself interrupts it)."""
+    return subprocess.run([sys.executable, "-c", AS_FROM_A_TERMINAL, str(ROOT / "train_ppo.py"), *map(str, argv)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"})
+
+
 @pytest.mark.parametrize("inherited", ["SIG_DFL", "SIG_IGN"])
 def test_the_start_up_handler_leaves_an_ignored_ctrl_c_ignored(inherited):
     """quiet_interrupts notes Ctrl-C where Python's own handler is in place, and leaves SIGINT ignored where the run
@@ -357,14 +360,12 @@ def test_ctrl_c_while_importing_is_one_line(faults, tmp_path):
 
 def test_a_ctrl_c_python_drops_still_stops_the_start_up(copy_of_finished, faults):
     """A start-up Ctrl-C that lands in a destructor, where Python drops its KeyboardInterrupt (one came while a
-    `regex` object was collected during transformers' imports, and the run trained to the end): the start still
+    `regex` object was collected during the imports, and the run trained to the end): the start still
     stops before the first step, with the start-up line, and the earlier run it was replacing is as it was."""
     out, _ = copy_of_finished
     before = snapshot(out)
     config = faults("ctrl_c_dropped", at=1, steps=2)  # call 1: the start-up check of the reward function
-    result = subprocess.run([sys.executable, "-c", AS_FROM_A_TERMINAL, str(ROOT / "train_ppo.py"), "--config",
-                             str(config), "--overwrite_output_dir"], cwd=ROOT, capture_output=True, text=True,
-                            timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"})
+    result = run_as_from_a_terminal("--config", config, "--overwrite_output_dir")
     assert "Exception ignored in" in result.stderr  # the fault worked: Python dropped the KeyboardInterrupt
     assert result.returncode == 130, result.stderr
     assert last_line(result.stderr).startswith("error: interrupted (Ctrl-C) during start-up, before the first PPO step")
@@ -376,9 +377,7 @@ def test_ctrl_c_while_saving_the_end_says_the_checkpoint_holds_the_run(faults, t
     interrupts), one line says which checkpoint holds the training, and its command saves and reports it."""
     out = tmp_path / "run"
     config = faults("signal_when_saved", at=3, signum=int(signal.SIGINT), steps=2)  # call 3: the scoring of step 2
-    result = subprocess.run([sys.executable, "-c", AS_FROM_A_TERMINAL, str(ROOT / "train_ppo.py"), "--config",
-                             str(config)], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"})
+    result = run_as_from_a_terminal("--config", config)
     assert result.returncode == 130, result.stderr
     assert "Traceback" not in result.stderr and "finishing this step" not in result.stderr
     assert last_line(result.stderr) == (
