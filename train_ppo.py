@@ -49,7 +49,8 @@ from trl.core import LengthSampler
 
 from plot import plot_run
 from ppo_lm import zero
-from ppo_lm.checkpoints import find_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint, save_policy
+from ppo_lm.checkpoints import (find_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint, save_policy,
+                                 writing)
 from ppo_lm.data import batch_indices, fit_prompts, load_texts, read_eval_prompts
 from ppo_lm.errors import RunError, exits_cleanly
 from ppo_lm.evaluation import DuringTraining, evaluate, evaluates_here, write_eval_report
@@ -268,26 +269,27 @@ def held_out_evaluation(args, config, tokenizer, scorers: dict, generation_kwarg
 def report_run(trainer, tokenizer, args, model_args, settings, eval_prompts, held_out: DuringTraining,
                main_process: bool):
     """End of run: reference vs tuned policy on held-out prompts (same sampling and seed), the training curves, the
-    model card, the merged model and the hub push when asked for. Where evaluates_here; the main process writes."""
+    model card, the merged model and the hub push when asked for. Where evaluates_here; the main process writes (a
+    failed write ends the run in one line: a resume from the last checkpoint writes it all again)."""
     output_dir = Path(args.output_dir)
-    if eval_prompts:
-        report = evaluate(trainer, prompts=eval_prompts, **held_out.settings)
+    report = evaluate(trainer, prompts=eval_prompts, **held_out.settings) if eval_prompts else None
     if not main_process:
         return
-    if eval_prompts:
-        print_table("held-out prompts: reference (before) vs tuned policy (after)",
-                    ["prompt", "before", "reward", "after", "reward"], eval_prompts,
-                    report["before"]["responses"], report["before"][args.reward_fn]["scores"],
-                    report["after"]["responses"], report["after"][args.reward_fn]["scores"], n=8)
-        print(write_eval_report(report, output_dir), file=sys.stderr)
-    print(f"training curves: {plot_run(output_dir)}", file=sys.stderr)
-    eval_md = (output_dir / "eval.md").read_text() if eval_prompts else None
-    print(f"model card: {write_model_card(output_dir, settings, eval_md, held_out.best)}", file=sys.stderr)
-    if model_args.use_peft and args.save_merged:  # last: merging folds the adapters into the base weights
-        policy = trainer.accelerator.unwrap_model(trainer.model)
-        policy.pretrained_model.merge_and_unload().save_pretrained(output_dir / "merged", safe_serialization=True)
-        tokenizer.save_pretrained(output_dir / "merged")
-        print(f"merged model (base + adapters): {output_dir / 'merged'}", file=sys.stderr)
+    with writing("the end-of-run report", output_dir, output_dir):
+        if report:
+            print_table("held-out prompts: reference (before) vs tuned policy (after)",
+                        ["prompt", "before", "reward", "after", "reward"], eval_prompts,
+                        report["before"]["responses"], report["before"][args.reward_fn]["scores"],
+                        report["after"]["responses"], report["after"][args.reward_fn]["scores"], n=8)
+            print(write_eval_report(report, output_dir), file=sys.stderr)
+        print(f"training curves: {plot_run(output_dir)}", file=sys.stderr)
+        eval_md = (output_dir / "eval.md").read_text() if report else None
+        print(f"model card: {write_model_card(output_dir, settings, eval_md, held_out.best)}", file=sys.stderr)
+        if model_args.use_peft and args.save_merged:  # last: merging folds the adapters into the base weights
+            policy = trainer.accelerator.unwrap_model(trainer.model)
+            policy.pretrained_model.merge_and_unload().save_pretrained(output_dir / "merged", safe_serialization=True)
+            tokenizer.save_pretrained(output_dir / "merged")
+            print(f"merged model (base + adapters): {output_dir / 'merged'}", file=sys.stderr)
     if args.hub_model_id:
         print(f"pushed to the hub: {push_to_hub(output_dir, args.hub_model_id)}", file=sys.stderr)
 
@@ -411,12 +413,13 @@ def main(argv: list[str]) -> None:
                 if args.sample_every and step % args.sample_every == 0 else None
             if config.log_with:
                 log_to_trackers(accelerator, row, samples)
-            if state.is_main_process:
-                append_row(metrics_path, row)
-                progress.set_postfix(reward=f"{row['env/reward_mean']:.3f}", kl=f"{row['objective/kl']:.2f}",
-                                     beta=f"{trainer.kl_ctl.value:.3f}")
-                if samples:
-                    print_table(f"samples at step {step}", list(samples), *samples.values())
+            with together(state):  # a failed write (a full disk) ends every process with one line
+                if state.is_main_process:
+                    append_row(metrics_path, row)
+                    progress.set_postfix(reward=f"{row['env/reward_mean']:.3f}", kl=f"{row['objective/kl']:.2f}",
+                                         beta=f"{trainer.kl_ctl.value:.3f}")
+                    if samples:
+                        print_table(f"samples at step {step}", list(samples), *samples.values())
             new_run.started()  # the earlier run it replaces, if any, is deleted now
 
             # 5. Checkpoint: on schedule, at a new best held-out evaluation (kept past save_total_limit), and at a
@@ -435,8 +438,10 @@ def main(argv: list[str]) -> None:
     # ---- Save: the tuned policy with its value head and the tokenizer, loadable both ways; then the reports
     try:
         save_policy(accelerator, trainer, tokenizer, args.output_dir)
-        if evaluates_here(accelerator):
-            report_run(trainer, tokenizer, args, model_args, settings, eval_prompts, held_out, state.is_main_process)
+        with together(state):  # a failed write (a full disk) ends every process with one line
+            if evaluates_here(accelerator):
+                report_run(trainer, tokenizer, args, model_args, settings, eval_prompts, held_out,
+                           state.is_main_process)
         finish(accelerator)  # every process waits for the main one's saving, then the tracker is closed
     except KeyboardInterrupt:  # Ctrl-C, now that the stop handlers are gone: the last checkpoint holds the run
         raise RunError(f"interrupted (Ctrl-C) while saving the tuned policy and the report; the training is in "

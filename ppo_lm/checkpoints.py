@@ -7,6 +7,7 @@ import random
 import re
 import shutil
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -70,10 +71,28 @@ def check_complete(path: Path) -> Path:
     return path
 
 
-def write_failed(what: str, path, e: Exception, code: int = 1) -> RunError:
-    reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-    return RunError(f"could not write {what} to {path} ({type(e).__name__}: {reason}): free disk space (or fix the "
-                    "permissions) there, then resume with --resume_from_checkpoint latest", code=code)
+def write_error(e: Exception) -> bool:
+    """Whether `e` is a failed write (a full disk, a read-only directory): OSError from Python's own files,
+    RuntimeError from torch's serializer ("unexpected pos ..."), or the OS error that the Rust writers of safetensors
+    (SafetensorError) and tokenizers (a plain Exception) pass on as "... (os error 28)"."""
+    return isinstance(e, (OSError, RuntimeError)) or "(os error " in str(e)
+
+
+@contextmanager
+def writing(what: str, path, output_dir, code: int = 1, then: str | None = None):
+    """A failed write in the block ends the run with one line: what could not be written, why, and how to go on
+    (`then`; by default: resume from the last checkpoint, or start again where none was saved yet). Other errors
+    pass on."""
+    try:
+        yield
+    except Exception as e:
+        if not write_error(e):
+            raise
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        then = then or ("resume with --resume_from_checkpoint latest" if list_checkpoints(output_dir) else
+                        "start the run again with --overwrite_output_dir (no checkpoint was saved yet)")
+        raise RunError(f"could not write {what} to {path} ({type(e).__name__}: {reason}): free disk space (or fix "
+                       f"the permissions) there, then {then}", code=code) from None
 
 
 def save_checkpoint(accelerator, trainer, tokenizer, output_dir: str, step: int, save_total_limit: int,
@@ -85,46 +104,39 @@ def save_checkpoint(accelerator, trainer, tokenizer, output_dir: str, step: int,
     in `keep` (the best held-out evaluation's) besides. A failed write (a full disk) removes the partial
     checkpoint-N.tmp, keeps the earlier checkpoints and ends the run on every process with one line."""
     final, tmp = Path(output_dir, f"checkpoint-{step}"), Path(output_dir, f"checkpoint-{step}.tmp")
-    with together(accelerator.state):
-        try:
-            if accelerator.is_main_process:
-                shutil.rmtree(tmp, ignore_errors=True)
-                tmp.mkdir(parents=True)
-        except OSError as e:
-            raise write_failed(f"checkpoint {step}", tmp, e) from None
+    with together(accelerator.state), writing(f"checkpoint {step}", tmp, output_dir):
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
     try:
-        with together(accelerator.state):  # each process's files; the first failure reaches all of them
-            try:
-                python_rng, numpy_rng = random.getstate(), np.random.get_state()
-                torch.save({"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all()
-                            if torch.cuda.is_available() else [], "python": [python_rng[0], list(python_rng[1]),
-                                                                            python_rng[2]],
-                            "numpy": [numpy_rng[0], numpy_rng[1].tolist(), *numpy_rng[2:]]},
-                           tmp / f"rng-{accelerator.process_index}.pt")
-                deepspeed = zero.stage(accelerator) > 0
-                if deepspeed:  # every process saves its shard of the optimizer state
-                    zero.save_engine(trainer.model, tmp)
-                with unwrap_model_for_generation(trainer.model, accelerator) as policy:  # gathers ZeRO-3 weights
-                    if accelerator.is_main_process:
-                        policy.save_pretrained(tmp, safe_serialization=True)
+        # each process's files; the first failure reaches all of them
+        with together(accelerator.state), writing(f"checkpoint {step}", tmp, output_dir):
+            python_rng, numpy_rng = random.getstate(), np.random.get_state()
+            torch.save({"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all()
+                        if torch.cuda.is_available() else [], "python": [python_rng[0], list(python_rng[1]),
+                                                                        python_rng[2]],
+                        "numpy": [numpy_rng[0], numpy_rng[1].tolist(), *numpy_rng[2:]]},
+                       tmp / f"rng-{accelerator.process_index}.pt")
+            deepspeed = zero.stage(accelerator) > 0
+            if deepspeed:  # every process saves its shard of the optimizer state
+                zero.save_engine(trainer.model, tmp)
+            with unwrap_model_for_generation(trainer.model, accelerator) as policy:  # gathers ZeRO-3 weights
                 if accelerator.is_main_process:
-                    tokenizer.save_pretrained(tmp)
-                    if not deepspeed:
-                        torch.save(trainer.optimizer.state_dict(), tmp / "optimizer.pt")
-                    (tmp / "run_config.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
-            except (OSError, RuntimeError) as e:  # torch's serializer raises RuntimeError on a full disk
-                raise write_failed(f"checkpoint {step}", tmp, e) from None
-        with together(accelerator.state):  # every process's RNG file is in: mark it complete, rename, prune
+                    policy.save_pretrained(tmp, safe_serialization=True)
+            if accelerator.is_main_process:
+                tokenizer.save_pretrained(tmp)
+                if not deepspeed:
+                    torch.save(trainer.optimizer.state_dict(), tmp / "optimizer.pt")
+                (tmp / "run_config.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
+        # every process's RNG file is in: mark it complete, rename, prune
+        with together(accelerator.state), writing(f"checkpoint {step}", tmp, output_dir):
             if accelerator.is_main_process:
                 moments = {k: float(getattr(trainer.running, k)) for k in ("mean", "std", "var", "count")}
                 state = {"step": step, "kl_coef": float(trainer.kl_ctl.value), "trl_current_step": trainer.current_step,
                          "score_moments": moments, "num_processes": accelerator.num_processes}
-                try:
-                    (tmp / "trainer_state.json").write_text(json.dumps(state))  # last: its presence marks completeness
-                    shutil.rmtree(final, ignore_errors=True)
-                    tmp.rename(final)
-                except OSError as e:
-                    raise write_failed(f"checkpoint {step}", tmp, e) from None
+                (tmp / "trainer_state.json").write_text(json.dumps(state))  # last: its presence marks completeness
+                shutil.rmtree(final, ignore_errors=True)
+                tmp.rename(final)
                 checkpoints = list_checkpoints(output_dir)
                 for old in checkpoints[:-save_total_limit]:
                     if int(CHECKPOINT_DIR.match(old.name).group(1)) not in keep:
@@ -138,18 +150,13 @@ def save_checkpoint(accelerator, trainer, tokenizer, output_dir: str, step: int,
 
 def save_policy(accelerator, trainer, tokenizer, output_dir: str) -> None:
     """The tuned policy with its value head (safetensors; a LoRA policy: its adapters, and the value head as
-    pytorch_model.bin) and the tokenizer, in output_dir. Main process; every process waits for it."""
-    with together(accelerator.state), unwrap_model_for_generation(trainer.model, accelerator) as policy:
+    pytorch_model.bin) and the tokenizer, in output_dir. Main process; every process waits for it. A failed write
+    ends the run in one line: the last checkpoint holds the tuned policy, and a resume from it saves it again."""
+    with (together(accelerator.state), writing("the tuned policy", output_dir, output_dir),
+          unwrap_model_for_generation(trainer.model, accelerator) as policy):
         if accelerator.is_main_process:
-            try:
-                policy.save_pretrained(output_dir, safe_serialization=True)
-                tokenizer.save_pretrained(output_dir)
-            except (OSError, RuntimeError) as e:
-                last = list_checkpoints(output_dir)
-                raise RunError(f"could not write the tuned policy to {output_dir} ({type(e).__name__}: "
-                               f"{(str(e).strip().splitlines() or [''])[0]}); the last checkpoint, "
-                               f"{last[-1] if last else 'none'}, holds it: free disk space, then load it from there",
-                               code=1) from None
+            policy.save_pretrained(output_dir, safe_serialization=True)
+            tokenizer.save_pretrained(output_dir)
             print(f"saved the tuned policy, metrics.jsonl and run_config.yaml to {output_dir}", file=sys.stderr)
 
 

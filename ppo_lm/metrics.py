@@ -8,6 +8,7 @@ from pathlib import Path
 
 from trl.core import convert_to_scalar
 
+from ppo_lm.checkpoints import writing
 from ppo_lm.errors import RunError
 
 
@@ -18,8 +19,8 @@ def scalar_stats(stats: dict) -> dict:
 
 
 def read_metrics(path, torn: list | None = None) -> list[dict]:
-    """The rows of metrics.jsonl. A torn last line (a kill -9 during its write) is left out, and appended to `torn`
-    when given; a damaged line before it is an error that names the line."""
+    """The rows of metrics.jsonl. A torn last line (a kill -9 or a full disk during its write) is left out, and
+    appended to `torn` when given; a damaged line before it is an error that names the line."""
     path = Path(path)
     lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()] if path.exists() else []
     rows = []
@@ -36,21 +37,25 @@ def read_metrics(path, torn: list | None = None) -> list[dict]:
 
 
 def append_row(path, row: dict) -> None:
-    with Path(path).open("a") as f:
+    """One row at the end of metrics.jsonl; a failed write (a full disk) ends the run in one line, and a resume drops
+    the torn line it may leave."""
+    with writing(f"step {row['step']}'s metrics", path, Path(path).parent), Path(path).open("a") as f:
         f.write(json.dumps(row) + "\n")
 
 
 def truncate_metrics(path, last_step: int) -> None:
     """On resume, drop rows written after the checkpoint, so step numbers continue without duplicates, and a torn
-    last line (a kill -9 while it was written), with a note."""
+    last line (a kill -9 or a full disk while it was written), with a note."""
     torn = []
     rows = read_metrics(path, torn)
     if torn:
-        print(f"note: dropped the torn last line of {path} (the run was killed while writing it)", file=sys.stderr)
+        print(f"note: dropped the torn last line of {path} (the run ended while writing it: a kill, a full disk)",
+              file=sys.stderr)
     rows = [r for r in rows if r["step"] <= last_step]
     tmp = Path(f"{path}.tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    tmp.replace(path)
+    with writing("the resumed run's metrics", tmp, Path(path).parent, code=2, then="resume again"):
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        tmp.replace(path)
 
 
 def log_to_trackers(accelerator, row: dict, samples: dict | None = None) -> None:

@@ -13,6 +13,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from ppo_lm.checkpoints import writing
 from ppo_lm.errors import RunError
 from ppo_lm.model_card import CARD_MARK
 from ppo_lm.run_config import save_run_config
@@ -95,7 +96,12 @@ class NewRun:
                 self.aside.mkdir()
                 for p in earlier:
                     p.rename(self.aside / p.name)
-            save_run_config(self.settings, self.dir)
+            try:
+                with writing("the run's settings", self.dir / "run_config.yaml", self.dir, code=2):
+                    save_run_config(self.settings, self.dir)
+            except RunError:  # a full disk: __exit__ is not called when __enter__ fails
+                undo(self.dir)
+                raise
         return self
 
     def started(self) -> None:

@@ -64,6 +64,48 @@ def disk_full(prompts, responses, out="", at=0, **kwargs):  # from call `at` on,
     return [float(len(r.split())) for r in responses]
 
 
+def disk_full_safetensors(prompts, responses, out="", at=0, **kwargs):  # from call `at` on, model.safetensors fails
+    if _call(out) == at:
+        import transformers.modeling_utils
+        from safetensors import SafetensorError
+
+        def failing_save_file(*args, **kw):
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+        transformers.modeling_utils.safe_save_file = failing_save_file
+    return [float(len(r.split())) for r in responses]
+
+
+def disk_full_on(prompts, responses, out="", at=0, name="metrics.jsonl", **kwargs):  # from call `at` on, writing or
+    if _call(out) == at:                                                              # appending to `name` fails
+        import errno
+        import pathlib
+
+        open_path = pathlib.Path.open
+
+        class Torn:  # writes half of what it is given, then the disk is full
+            def __init__(self, f):
+                self.f = f
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc_info):
+                self.f.close()
+
+            def write(self, text):
+                self.f.write(text[: len(text) // 2])
+                self.f.flush()
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        def failing_open(self, mode="r", *args, **kw):
+            f = open_path(self, mode, *args, **kw)
+            return Torn(f) if self.name == name and mode[0] in "wa" else f
+
+        pathlib.Path.open = failing_open
+    return [float(len(r.split())) for r in responses]
+
+
 def signal_in_update(prompts, responses, out="", at=0, signum=15, **kwargs):  # a signal once PPOTrainer.step begins
     if _call(out) == at:
         from trl import PPOTrainer
@@ -112,11 +154,12 @@ def faults(tiny_config, tmp_path):
     """config(fault, at=call, **settings) -> a config whose reward is faults.py:`fault`."""
     (tmp_path / "faults.py").write_text(FAULTS)
 
-    def config(fault="words", at=0, signum=15, **settings):
+    def config(fault="words", at=0, signum=15, name="metrics.jsonl", **settings):
         for calls in tmp_path.glob("calls-*"):
             calls.unlink()
         return tiny_config(reward_fn=f"{tmp_path / 'faults.py'}:{fault}",
-                           reward_kwargs={"out": str(tmp_path), "at": at, "signum": signum}, **settings)
+                           reward_kwargs={"out": str(tmp_path), "at": at, "signum": signum, "name": name},
+                           **settings)
 
     return config
 
@@ -262,6 +305,72 @@ def test_a_full_disk_during_a_checkpoint_keeps_the_last_one(faults, tmp_path):
     resumed = run_script("--config", faults(steps=6, save_steps=2), "--resume_from_checkpoint", "latest")
     assert resumed.returncode == 0, resumed.stderr
     assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == list(range(1, 7))
+
+
+def test_a_full_disk_while_a_checkpoints_weights_are_written_keeps_the_last_one(faults, tmp_path):
+    """safetensors' own error (not an OSError) on a full disk, as the policy's weights are written."""
+    out = tmp_path / "run"
+    result = run_script("--config", faults("disk_full_safetensors", at=4, steps=6, save_steps=2))
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert last_line(result.stderr) == (
+        f"error: could not write checkpoint 4 to {out}/checkpoint-4.tmp (SafetensorError: Error while serializing: "
+        "I/O error: No space left on device (os error 28)): free disk space (or fix the permissions) there, then "
+        "resume with --resume_from_checkpoint latest")
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_full_disk_while_metrics_are_appended_ends_in_one_line_and_resumes(faults, tmp_path, processes):
+    """Half of step 3's row is written, then the disk is full: one line, exit 1 on every process (the main one
+    writes); the resume drops the torn line and continues from checkpoint-2."""
+    out = tmp_path / "run"
+    settings = {"steps": 4, "save_steps": 2} | ({"batch_size": 8, "mini_batch_size": 4} if processes == 2 else {})
+    results = run_processes(processes, faults("disk_full_on", at=4, **settings))
+    assert all(r.returncode == 1 for r in results), [r.stderr for r in results]
+    assert not any("Traceback" in r.stderr for r in results), [r.stderr for r in results]
+    assert last_line(results[0].stderr) == (
+        f"error: could not write step 3's metrics to {out}/metrics.jsonl (OSError: [Errno 28] No space left on "
+        "device): free disk space (or fix the permissions) there, then resume with --resume_from_checkpoint latest")
+    assert (out / "metrics.jsonl").read_text().count("\n") == 2  # rows 1 and 2, and half of row 3
+
+    results = run_processes(processes, faults(**settings), "--resume_from_checkpoint", "latest")
+    assert all(r.returncode == 0 for r in results), [r.stderr for r in results]
+    assert "dropped the torn last line" in results[0].stderr
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [1, 2, 3, 4]
+
+
+def test_a_full_disk_before_the_first_checkpoint_says_start_again(copy_of_finished, faults):
+    """The first step's row cannot be written: the start is undone (here: the earlier run that
+    --overwrite_output_dir was replacing is put back), and the line says to start again, as no checkpoint exists."""
+    out, _ = copy_of_finished
+    before = snapshot(out)
+    result = run_script("--config", faults("disk_full_on", at=2), "--overwrite_output_dir")
+    assert result.returncode == 1, result.stderr
+    assert last_line(result.stderr) == (
+        f"error: could not write step 1's metrics to {out}/metrics.jsonl (OSError: [Errno 28] No space left on "
+        "device): free disk space (or fix the permissions) there, then start the run again with "
+        "--overwrite_output_dir (no checkpoint was saved yet)")
+    assert snapshot(out) == before
+
+
+def test_a_full_disk_while_the_report_is_written_keeps_the_policy_and_writes_it_on_resume(faults, tiny, tmp_path):
+    out = tmp_path / "run"
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("The film was\nThe cast\n")
+    config = faults("disk_full_on", at=3, name="eval.md", steps=2, eval_file=str(prompts))
+    result = run_script("--config", config)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert last_line(result.stderr) == (
+        f"error: could not write the end-of-run report to {out} (OSError: [Errno 28] No space left on device): free "
+        "disk space (or fix the permissions) there, then resume with --resume_from_checkpoint latest")
+    assert AutoModelForCausalLM.from_pretrained(out).config.n_layer == 2
+
+    result = run_script("--config", faults(steps=2, eval_file=str(prompts)), "--resume_from_checkpoint", "latest")
+    assert result.returncode == 0, result.stderr
+    assert (out / "eval.md").read_text().startswith("#") and "held-out" in (out / "README.md").read_text()
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [1, 2]
 
 
 def tampered(path):  # a pickle that would run code if torch.load were not weights_only
