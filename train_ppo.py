@@ -18,7 +18,6 @@ if __name__ == "__main__":  # Ctrl-C while importing or loading models: one line
 
 import math
 import os
-import signal
 import sys
 import time
 import warnings
@@ -62,7 +61,8 @@ from ppo_lm.models import load_policy_and_reference, load_tokenizer
 from ppo_lm.output_dir import NewRun, holds_earlier_run, lock_output_dir, recover_interrupted_start
 from ppo_lm.reward_contract import ScoreMoments, compute_rewards, load_reward_fn
 from ppo_lm.run_config import check_resume_settings, run_settings
-from ppo_lm.stopping import StopSignals, agreed_stop, finish, main_says, together
+from ppo_lm.stopping import (StopSignals, a_lost_process_is_one_line, agreed_stop, finish, main_says, resume_command,
+                             stopped, together)
 from ppo_lm.validation import HONEST_SAMPLING, UNUSED_FIELDS, JsonDict, check_settings, check_values, parse_config
 
 
@@ -236,23 +236,6 @@ def check_finite(row: dict, trainable: list, output_dir: str) -> None:
         bad = ["the policy's weights are no longer finite"]
     if bad:
         raise diverged(output_dir, row["step"], bad[0])
-
-
-def resume_command(argv: list[str]) -> str:
-    """This run's arguments with --resume_from_checkpoint latest, on as many processes as it has (accelerate's shared
-    PartialState): each step's batch is batch_size x processes, so only the same number continues it exactly."""
-    num_processes = PartialState().num_processes
-    resume = " ".join([sys.argv[0], *[a for a in argv if a != "--overwrite_output_dir"]])
-    if "--resume_from_checkpoint" not in argv:
-        resume += " --resume_from_checkpoint latest"
-    if num_processes == 1:
-        return f"python {resume}"
-    return f"{resume} (on {num_processes} processes, launched as this run was)"
-
-
-def stopped(signum: int, step: int, path: Path, argv: list[str]) -> RunError:
-    return RunError(f"stopped by {signal.Signals(signum).name} after step {step}; checkpoint saved to {path}; resume "
-                    f"with: {resume_command(argv)}", code=128 + signum)
 
 
 def held_out_evaluation(args, config, tokenizer, scorers: dict, generation_kwargs: dict, eval_prompts,
@@ -450,5 +433,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    with exits_cleanly():
+    with exits_cleanly(), a_lost_process_is_one_line(sys.argv[1:]):
         main(sys.argv[1:])

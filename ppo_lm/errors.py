@@ -12,9 +12,10 @@ from contextlib import contextmanager
 class RunError(Exception):
     """An error the user can fix; `exits_cleanly` prints its one-line message and exits with `code`."""
 
-    def __init__(self, message: str, code: int = 2):
+    def __init__(self, message: str, code: int = 2, every_process: bool = False):
         super().__init__(message)
         self.code = code
+        self.every_process = every_process  # said by every process, not only the main one
 
 
 INTERRUPTED = RunError("interrupted (Ctrl-C) during start-up, before the first PPO step; output_dir is as it was: "
@@ -64,7 +65,8 @@ def exits_cleanly():
 
 def end(error: RunError, hard: bool = False):
     """Print the error's line (once, from the main process) and exit with its code."""
-    if int(os.environ.get("RANK", "0")) == 0:  # every process has the same error (stopping.together): say it once
+    # every process has the same error (stopping.together): said once, by the main process, unless it may be gone
+    if int(os.environ.get("RANK", "0")) == 0 or error.every_process:
         print(f"error: {error}", file=sys.stderr)
     torch = sys.modules.get("torch")  # not imported yet when Ctrl-C comes during the imports
     if hard or (torch and torch.distributed.is_available() and torch.distributed.is_initialized()):

@@ -1,4 +1,5 @@
-"""How a run stops on every process at once: an error on one process, or a stop signal (SIGINT/SIGTERM).
+"""How a run stops on every process at once: an error on one process, or a stop signal (SIGINT/SIGTERM), and the
+command that resumes it.
 
 In a multi-process run (accelerate launch) each process works on its own slice of the batch, so a reward function
 can fail, or a SIGTERM can arrive, on one process only; the others would then wait forever in the next collective
@@ -9,8 +10,10 @@ import os
 import signal
 import sys
 from contextlib import contextmanager
+from pathlib import Path
 from types import SimpleNamespace
 
+from accelerate import PartialState
 from accelerate.utils import broadcast_object_list, gather_object
 
 from ppo_lm.errors import RunError, raise_dropped_interrupt
@@ -71,6 +74,44 @@ def agreed_stop(state, received_signals: list) -> int:
     with together(state, received_signals) as outcome:
         pass
     return outcome.stop_signal
+
+
+def resume_command(argv: list[str]) -> str:
+    """This run's arguments with --resume_from_checkpoint latest, on as many processes as it has (accelerate's shared
+    PartialState): each step's batch is batch_size x processes, so only the same number continues it exactly."""
+    num_processes = PartialState().num_processes
+    resume = " ".join([sys.argv[0], *[a for a in argv if a != "--overwrite_output_dir"]])
+    if "--resume_from_checkpoint" not in argv:
+        resume += " --resume_from_checkpoint latest"
+    if num_processes == 1:
+        return f"python {resume}"
+    return f"{resume} (on {num_processes} processes, launched as this run was)"
+
+
+def stopped(signum: int, step: int, path: Path, argv: list[str]) -> RunError:
+    """The line a stop by signal `signum` ends with: the checkpoint it saved and the command that resumes it."""
+    return RunError(f"stopped by {signal.Signals(signum).name} after step {step}; checkpoint saved to {path}; resume "
+                    f"with: {resume_command(argv)}", code=128 + signum)
+
+
+# What gloo says at a collective operation when a process it waits for has ended (killed, out of memory, crashed)
+LOST_PROCESS = ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
+
+
+@contextmanager
+def a_lost_process_is_one_line(argv: list[str]):
+    """Another process of a multi-process run ended (a kill -9, an out-of-memory kill, a crash): gloo's error at this
+    process's next collective operation becomes one line, exit 1, said by every process that is left (the main one
+    may be the one that ended). Other errors pass on."""
+    try:
+        yield
+    except RuntimeError as e:  # torch.distributed's DistBackendError is one
+        lost = [phrase for phrase in LOST_PROCESS if phrase in str(e)]
+        if not lost:
+            raise
+        raise RunError(f"another process of this run ended while this one waited for it (gloo: {lost[0]}); its own "
+                       "output says why (an out-of-memory kill: the system log, e.g. `dmesg`); resume from the last "
+                       f"checkpoint with: {resume_command(argv)}", code=1, every_process=True) from None
 
 
 def main_says(state, value: bool) -> bool:

@@ -8,6 +8,7 @@ begins."""
 import json
 import os
 import pickle
+import re
 import shutil
 import signal
 import subprocess
@@ -47,6 +48,12 @@ def words(prompts, responses, out="", **kwargs):
 
 def killed(prompts, responses, out="", at=0, **kwargs):  # kill -9 of this process while it scores
     if _call(out) == at:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return [float(len(r.split())) for r in responses]
+
+
+def killed_on_rank(prompts, responses, out="", at=0, rank=1, **kwargs):  # kill -9 of one process of several
+    if _call(out) == at and os.environ.get("RANK") == str(rank):
         os.kill(os.getpid(), signal.SIGKILL)
     return [float(len(r.split())) for r in responses]
 
@@ -154,12 +161,12 @@ def faults(tiny_config, tmp_path):
     """config(fault, at=call, **settings) -> a config whose reward is faults.py:`fault`."""
     (tmp_path / "faults.py").write_text(FAULTS)
 
-    def config(fault="words", at=0, signum=15, name="metrics.jsonl", **settings):
+    def config(fault="words", at=0, **settings):  # the fault's own arguments (signum, name, rank) among settings
         for calls in tmp_path.glob("calls-*"):
             calls.unlink()
+        arguments = {k: settings.pop(k) for k in ("signum", "name", "rank") if k in settings}
         return tiny_config(reward_fn=f"{tmp_path / 'faults.py'}:{fault}",
-                           reward_kwargs={"out": str(tmp_path), "at": at, "signum": signum, "name": name},
-                           **settings)
+                           reward_kwargs={"out": str(tmp_path), "at": at, **arguments}, **settings)
 
     return config
 
@@ -289,6 +296,31 @@ def test_lora_kill_9_and_resume_is_exact(faults, tmp_path, processes):
     assert all(r.returncode == 0 for r in results), [r.stderr for r in results]
     assert_same_rows(read_metrics(out / "metrics.jsonl"), read_metrics(tmp_path / "uninterrupted" / "metrics.jsonl"),
                      after_step=4)
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_a_process_killed_alone_leaves_one_line_on_the_other(faults, tmp_path, rank):
+    """kill -9 of one process of two as it scores step 3 (an out-of-memory kill looks the same): the other one's
+    next collective operation fails in gloo; it ends with one line, exit 1, even where the killed one is the main
+    process, and the command in it resumes from checkpoint-2."""
+    settings = {"batch_size": 8, "mini_batch_size": 4, "steps": 4, "save_steps": 2}
+    config = faults("killed_on_rank", at=4, rank=rank, **settings)
+    results = run_processes(2, config)
+    assert results[rank].returncode == -signal.SIGKILL, [r.stderr for r in results]
+    other = results[1 - rank]
+    assert other.returncode == 1, other.stderr
+    assert "Traceback" not in other.stderr
+    line = last_line(other.stderr)  # the peer's socket is closed or reset, as timing has it
+    assert re.fullmatch(r"error: another process of this run ended while this one waited for it \(gloo: Connection "
+                        r"(closed|reset) by peer\); its own output says why \(an out-of-memory kill: the system log, "
+                        r"e\.g\. `dmesg`\); resume from the last checkpoint with: (.+)", line), line
+    assert line.endswith(f"with: {ROOT / 'train_ppo.py'} --config {config} --resume_from_checkpoint latest (on 2 "
+                         "processes, launched as this run was)")
+    assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["checkpoint-2"]
+
+    results = run_processes(2, faults(**settings), "--resume_from_checkpoint", "latest")
+    assert all(r.returncode == 0 for r in results), [r.stderr for r in results]
+    assert [r["step"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")] == [1, 2, 3, 4]
 
 
 def test_a_full_disk_during_a_checkpoint_keeps_the_last_one(faults, tmp_path):
