@@ -16,6 +16,7 @@ if __name__ == "__main__":  # Ctrl-C while importing or loading models: one line
 
     quiet_interrupts()
 
+import errno
 import math
 import os
 import sys
@@ -49,13 +50,14 @@ from trl.core import LengthSampler
 from plot import plot_run
 from ppo_lm import zero
 from ppo_lm.checkpoints import (find_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint, save_policy,
-                                 writing)
+                                 write_failed, writing)
 from ppo_lm.data import batch_indices, fit_prompts, load_texts, read_eval_prompts
 from ppo_lm.errors import RunError, exits_cleanly
 from ppo_lm.evaluation import DuringTraining, evaluate, evaluates_here, write_eval_report
 from ppo_lm.hub import push_to_hub
 from ppo_lm.kl_control import FlooredKLController
-from ppo_lm.metrics import append_row, log_to_trackers, print_table, read_metrics, scalar_stats, truncate_metrics
+from ppo_lm.metrics import (append_row, log_to_trackers, print_table, quiet_tracker_threads, read_metrics, scalar_stats,
+                            truncate_metrics)
 from ppo_lm.model_card import write_model_card
 from ppo_lm.models import load_policy_and_reference, load_tokenizer
 from ppo_lm.output_dir import NewRun, holds_earlier_run, lock_output_dir, recover_interrupted_start
@@ -191,6 +193,7 @@ def make_trainer(config: PPOConfig, policy, reference, tokenizer, args: ScriptAr
     kept as the tensors TRL's step expects."""
     if config.log_with == "tensorboard":  # accelerate needs a directory for it: OUTPUT_DIR/logs unless given
         config.project_kwargs = {"logging_dir": str(Path(args.output_dir, "logs")), **config.project_kwargs}
+        quiet_tracker_threads()
     if zero.in_use():
         zero.patch_deepspeed()
         config.accelerator_kwargs = {**config.accelerator_kwargs,
@@ -200,6 +203,9 @@ def make_trainer(config: PPOConfig, policy, reference, tokenizer, args: ScriptAr
             warnings.filterwarnings("ignore", message="No dataset is provided")
             trainer = PPOTrainer(config, policy, reference, tokenizer)
     except (AssertionError, ValueError, TypeError, ImportError, OSError) as e:
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):  # the tracker's first files
+            raise write_failed("the tracker's logs", config.project_kwargs.get("logging_dir", args.output_dir), e,
+                               args.output_dir, code=2) from None
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise RunError(f"accelerate refused the run's settings while PPOTrainer set up ({type(e).__name__}: {reason}); "
                        "check accelerator_kwargs, project_kwargs, tracker_kwargs and log_with") from None
@@ -394,9 +400,9 @@ def main(argv: list[str]) -> None:
                 row |= held_out.run(trainer, time.perf_counter() - started)  # the held-out prompts, every eval_steps
             samples = {"prompt": batch["query"], "response": response_texts, "reward": scores} \
                 if args.sample_every and step % args.sample_every == 0 else None
-            if config.log_with:
-                log_to_trackers(accelerator, row, samples)
             with together(state):  # a failed write (a full disk) ends every process with one line
+                if config.log_with:
+                    log_to_trackers(accelerator, row, samples, args.output_dir)
                 if state.is_main_process:
                     append_row(metrics_path, row)
                     progress.set_postfix(reward=f"{row['env/reward_mean']:.3f}", kl=f"{row['objective/kl']:.2f}",

@@ -75,24 +75,28 @@ def write_error(e: Exception) -> bool:
     """Whether `e` is a failed write (a full disk, a read-only directory): OSError from Python's own files,
     RuntimeError from torch's serializer ("unexpected pos ..."), or the OS error that the Rust writers of safetensors
     (SafetensorError) and tokenizers (a plain Exception) pass on as "... (os error 28)"."""
-    return isinstance(e, (OSError, RuntimeError)) or "(os error " in str(e)
+    return isinstance(e, (OSError, RuntimeError)) or (not isinstance(e, RunError) and "(os error " in str(e))
 
 
 @contextmanager
 def writing(what: str, path, output_dir, code: int = 1, then: str | None = None):
-    """A failed write in the block ends the run with one line: what could not be written, why, and how to go on
-    (`then`; by default: resume from the last checkpoint, or start again where none was saved yet). Other errors
-    pass on."""
+    """A failed write in the block ends the run with `write_failed`'s line. Other errors pass on."""
     try:
         yield
     except Exception as e:
         if not write_error(e):
             raise
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        then = then or ("resume with --resume_from_checkpoint latest" if list_checkpoints(output_dir) else
-                        "start the run again with --overwrite_output_dir (no checkpoint was saved yet)")
-        raise RunError(f"could not write {what} to {path} ({type(e).__name__}: {reason}): free disk space (or fix "
-                       f"the permissions) there, then {then}", code=code) from None
+        raise write_failed(what, path, e, output_dir, code, then) from None
+
+
+def write_failed(what: str, path, e: Exception, output_dir, code: int = 1, then: str | None = None) -> RunError:
+    """One line: what could not be written, why, and how to go on (`then`; by default: resume from the last
+    checkpoint, or start again where none was saved yet)."""
+    reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    then = then or ("resume with --resume_from_checkpoint latest" if list_checkpoints(output_dir) else
+                    "start the run again with --overwrite_output_dir (no checkpoint was saved yet)")
+    return RunError(f"could not write {what} to {path} ({type(e).__name__}: {reason}): free disk space (or fix the "
+                    f"permissions) there, then {then}", code=code)
 
 
 def save_checkpoint(accelerator, trainer, tokenizer, output_dir: str, step: int, save_total_limit: int,

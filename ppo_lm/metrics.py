@@ -4,11 +4,12 @@ of samples."""
 import json
 import numbers
 import sys
+import threading
 from pathlib import Path
 
 from trl.core import convert_to_scalar
 
-from ppo_lm.checkpoints import writing
+from ppo_lm.checkpoints import write_error, writing
 from ppo_lm.errors import RunError
 
 
@@ -58,24 +59,41 @@ def truncate_metrics(path, last_step: int) -> None:
         tmp.replace(path)
 
 
-def log_to_trackers(accelerator, row: dict, samples: dict | None = None) -> None:
+def log_to_trackers(accelerator, row: dict, samples: dict | None, output_dir) -> None:
     """The metrics row (the same figures as metrics.jsonl) to log_with's tracker at the row's step, and a table of
-    samples (columns -> values) as text for tensorboard or a table for wandb. Main process only, as accelerate logs."""
+    samples (columns -> values) as text for tensorboard or a table for wandb. Main process only, as accelerate logs.
+    A failed write of the logs (a full disk) ends the run in one line."""
     step = row["step"]
-    accelerator.log({k: v for k, v in row.items() if k != "step"}, step=step)
-    for tracker in accelerator.trackers:  # accelerate creates them on the main process only
-        if samples and tracker.name == "tensorboard":
-            header = "| " + " | ".join(samples) + " |\n|" + "---|" * len(samples) + "\n"
-            rows = ["| " + " | ".join(f"{c:+.3f}" if isinstance(c, float) else str(c).replace("|", "\\|")
-                                      .replace("\n", " ") for c in cells) + " |" for cells in zip(*samples.values())]
-            tracker.writer.add_text("samples", header + "\n".join(rows), step)
-        elif samples and tracker.name == "wandb":
-            import wandb
+    with writing(f"step {step}'s tracker logs", accelerator.logging_dir or output_dir, output_dir):
+        accelerator.log({k: v for k, v in row.items() if k != "step"}, step=step)
+        for tracker in accelerator.trackers:  # accelerate creates them on the main process only
+            if samples and tracker.name == "tensorboard":
+                header = "| " + " | ".join(samples) + " |\n|" + "---|" * len(samples) + "\n"
+                rows = ["| " + " | ".join(f"{c:+.3f}" if isinstance(c, float) else str(c).replace("|", "\\|")
+                                          .replace("\n", " ") for c in cells) + " |"
+                        for cells in zip(*samples.values())]
+                tracker.writer.add_text("samples", header + "\n".join(rows), step)
+            elif samples and tracker.name == "wandb":
+                import wandb
 
-            tracker.log({"samples": wandb.Table(columns=list(samples), data=[list(r) for r in zip(*samples.values())])},
-                        step=step)
-        if tracker.name == "tensorboard":
-            tracker.writer.flush()  # a killed run keeps every step it logged
+                table = wandb.Table(columns=list(samples), data=[list(r) for r in zip(*samples.values())])
+                tracker.log({"samples": table}, step=step)
+            if tracker.name == "tensorboard":
+                tracker.writer.flush()  # a killed run keeps every step it logged
+
+
+def quiet_tracker_threads() -> None:
+    """tensorboard writes its event file on a thread of its own; a failed write there (a full disk) is printed as
+    that thread's traceback, then raised again on the main thread at the next log (log_to_trackers says it in one
+    line). So that thread's write errors are not printed; anything else is, as Python does."""
+    default = threading.excepthook
+
+    def hook(args):
+        if type(args.thread).__name__ == "_AsyncWriterThread" and write_error(args.exc_value):
+            return
+        default(args)
+
+    threading.excepthook = hook
 
 
 def print_table(title: str, columns: list[str], *cells, n: int = 4) -> None:

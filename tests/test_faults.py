@@ -83,6 +83,19 @@ def disk_full_safetensors(prompts, responses, out="", at=0, **kwargs):  # from c
     return [float(len(r.split())) for r in responses]
 
 
+def tracker_disk_full(prompts, responses, out="", at=0, **kwargs):  # from call `at` on, tensorboard's writer fails
+    if _call(out) == at:                                                 # (on its own thread)
+        import errno
+
+        from tensorboard.summary.writer.record_writer import RecordWriter
+
+        def failing_write(self, data):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        RecordWriter.write = failing_write
+    return [float(len(r.split())) for r in responses]
+
+
 def disk_full_on(prompts, responses, out="", at=0, name="metrics.jsonl", **kwargs):  # from call `at` on, writing or
     if _call(out) == at:                                                              # appending to `name` fails
         import errno
@@ -369,6 +382,23 @@ def test_a_full_disk_while_metrics_are_appended_ends_in_one_line_and_resumes(fau
     results = run_processes(processes, faults(**settings), "--resume_from_checkpoint", "latest")
     assert all(r.returncode == 0 for r in results), [r.stderr for r in results]
     assert "dropped the torn last line" in results[0].stderr
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [1, 2, 3, 4]
+
+
+def test_a_full_disk_under_tensorboard_is_one_line_not_its_threads_traceback(faults, tmp_path):
+    """tensorboard writes its events on a thread of its own: the write fails there, the thread's traceback is not
+    printed, and the failure, raised again at the next log, ends the run in one line; the resume continues."""
+    out = tmp_path / "run"
+    settings = {"steps": 4, "save_steps": 2, "log_with": "tensorboard"}
+    result = run_script("--config", faults("tracker_disk_full", at=4, **settings))
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr and "Exception in thread" not in result.stderr
+    assert last_line(result.stderr) == (
+        f"error: could not write step 3's tracker logs to {out}/logs (OSError: [Errno 28] No space left on device): "
+        "free disk space (or fix the permissions) there, then resume with --resume_from_checkpoint latest")
+
+    resumed = run_script("--config", faults(**settings), "--resume_from_checkpoint", "latest")
+    assert resumed.returncode == 0, resumed.stderr
     assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [1, 2, 3, 4]
 
 
