@@ -64,7 +64,7 @@ from ppo_lm.output_dir import NewRun, holds_earlier_run, lock_output_dir, recove
 from ppo_lm.reward_contract import ScoreMoments, compute_rewards, load_reward_fn
 from ppo_lm.run_config import check_resume_settings, run_settings
 from ppo_lm.stopping import (StopSignals, a_lost_process_is_one_line, agreed_stop, finish, main_says, resume_command,
-                             stopped, together)
+                             running_out_of_memory_is_one_line, stopped, together)
 from ppo_lm.validation import HONEST_SAMPLING, UNUSED_FIELDS, JsonDict, check_settings, check_values, parse_config
 
 
@@ -439,5 +439,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    with exits_cleanly(), a_lost_process_is_one_line(sys.argv[1:]):
+    with exits_cleanly(), a_lost_process_is_one_line(sys.argv[1:]), running_out_of_memory_is_one_line(sys.argv[1:]):
         main(sys.argv[1:])

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 
+import torch
 from accelerate import PartialState
 from accelerate.utils import broadcast_object_list, gather_object
 
@@ -112,6 +113,22 @@ def a_lost_process_is_one_line(argv: list[str]):
         raise RunError(f"another process of this run ended while this one waited for it (gloo: {lost[0]}); its own "
                        "output says why (an out-of-memory kill: the system log, e.g. `dmesg`); resume from the last "
                        f"checkpoint with: {resume_command(argv)}", code=1, every_process=True) from None
+
+
+@contextmanager
+def running_out_of_memory_is_one_line(argv: list[str]):
+    """torch's OutOfMemoryError (a GPU's memory) or its CPU allocator's failure becomes one line, exit 1, naming the
+    settings that set the memory a step needs. Said by the process that ran out (any of several)."""
+    try:
+        yield
+    except RuntimeError as e:
+        if not isinstance(e, torch.OutOfMemoryError) and "DefaultCPUAllocator: can't allocate memory" not in str(e):
+            raise
+        reason = (str(e).strip().splitlines() or [""])[0]
+        raise RunError(f"out of memory ({type(e).__name__}: {reason}): lower mini_batch_size (the PPO update), "
+                       "generation_batch_size (generation) or response_max_tokens, or train LoRA adapters (use_peft: "
+                       f"true); then start again, or resume where a checkpoint was saved: {resume_command(argv)}",
+                       code=1, every_process=True) from None
 
 
 def main_says(state, value: bool) -> bool:

@@ -126,6 +126,18 @@ def disk_full_on(prompts, responses, out="", at=0, name="metrics.jsonl", **kwarg
     return [float(len(r.split())) for r in responses]
 
 
+def out_of_memory(prompts, responses, out="", at=0, **kwargs):  # from call `at` on, PPOTrainer.step runs out
+    if _call(out) == at:
+        from trl import PPOTrainer
+
+        def step_out_of_memory(self, *args, **kw):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity "
+                                         "of 79.19 GiB of which 1.06 GiB is free.")
+
+        PPOTrainer.step = step_out_of_memory
+    return [float(len(r.split())) for r in responses]
+
+
 def signal_in_update(prompts, responses, out="", at=0, signum=15, **kwargs):  # a signal once PPOTrainer.step begins
     if _call(out) == at:
         from trl import PPOTrainer
@@ -334,6 +346,25 @@ def test_a_process_killed_alone_leaves_one_line_on_the_other(faults, tmp_path, r
     results = run_processes(2, faults(**settings), "--resume_from_checkpoint", "latest")
     assert all(r.returncode == 0 for r in results), [r.stderr for r in results]
     assert [r["step"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")] == [1, 2, 3, 4]
+
+
+def test_out_of_memory_is_one_line_naming_the_settings_and_the_run_resumes(faults, tmp_path):
+    out = tmp_path / "run"
+    config = faults("out_of_memory", at=4, steps=4, save_steps=2)  # the update of step 3
+    result = run_script("--config", config)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert last_line(result.stderr) == (
+        "error: out of memory (OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total "
+        "capacity of 79.19 GiB of which 1.06 GiB is free.): lower mini_batch_size (the PPO update), "
+        "generation_batch_size (generation) or response_max_tokens, or train LoRA adapters (use_peft: true); then "
+        f"start again, or resume where a checkpoint was saved: python {ROOT / 'train_ppo.py'} --config {config} "
+        "--resume_from_checkpoint latest")
+    assert [p.name for p in list_checkpoints(out)] == ["checkpoint-2"]
+
+    resumed = run_script("--config", faults(steps=4, save_steps=2), "--resume_from_checkpoint", "latest")
+    assert resumed.returncode == 0, resumed.stderr
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [1, 2, 3, 4]
 
 
 def test_a_full_disk_during_a_checkpoint_keeps_the_last_one(faults, tmp_path):
