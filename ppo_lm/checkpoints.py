@@ -18,7 +18,7 @@ from trl.models.utils import unwrap_model_for_generation
 
 from ppo_lm import zero
 from ppo_lm.errors import RunError
-from ppo_lm.stopping import together
+from ppo_lm.stopping import lost_process, together
 
 
 CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")  # transformers' Trainer convention: OUTPUT_DIR/checkpoint-N
@@ -73,9 +73,12 @@ def check_complete(path: Path) -> Path:
 
 def write_error(e: Exception) -> bool:
     """Whether `e` is a failed write (a full disk, a read-only directory): OSError from Python's own files,
-    RuntimeError from torch's serializer ("unexpected pos ..."), or the OS error that the Rust writers of safetensors
+    RuntimeError from torch's serializer ("unexpected pos ...", "iostream error"; not running out of memory or
+    losing another process, which have lines of their own), or the OS error that the Rust writers of safetensors
     (SafetensorError) and tokenizers (a plain Exception) pass on as "... (os error 28)"."""
-    return isinstance(e, (OSError, RuntimeError)) or (not isinstance(e, RunError) and "(os error " in str(e))
+    if isinstance(e, RuntimeError):
+        return not isinstance(e, torch.OutOfMemoryError) and not lost_process(e)
+    return isinstance(e, OSError) or (not isinstance(e, RunError) and "(os error " in str(e))
 
 
 @contextmanager

@@ -99,6 +99,11 @@ def stopped(signum: int, step: int, path: Path, argv: list[str]) -> RunError:
 LOST_PROCESS = ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
 
 
+def lost_process(e: Exception) -> str | None:
+    """gloo's words for another process having ended, if `e` is that error."""
+    return next((phrase for phrase in LOST_PROCESS if phrase in str(e)), None) if isinstance(e, RuntimeError) else None
+
+
 @contextmanager
 def a_lost_process_is_one_line(argv: list[str]):
     """Another process of a multi-process run ended (a kill -9, an out-of-memory kill, a crash): gloo's error at this
@@ -107,10 +112,10 @@ def a_lost_process_is_one_line(argv: list[str]):
     try:
         yield
     except RuntimeError as e:  # torch.distributed's DistBackendError is one
-        lost = [phrase for phrase in LOST_PROCESS if phrase in str(e)]
+        lost = lost_process(e)
         if not lost:
             raise
-        raise RunError(f"another process of this run ended while this one waited for it (gloo: {lost[0]}); its own "
+        raise RunError(f"another process of this run ended while this one waited for it (gloo: {lost}); its own "
                        "output says why (an out-of-memory kill: the system log, e.g. `dmesg`); resume from the last "
                        f"checkpoint with: {resume_command(argv)}", code=1, every_process=True) from None
 
