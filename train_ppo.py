@@ -63,8 +63,8 @@ from ppo_lm.models import load_policy_and_reference, load_tokenizer
 from ppo_lm.output_dir import NewRun, holds_earlier_run, lock_output_dir, recover_interrupted_start
 from ppo_lm.reward_contract import ScoreMoments, compute_rewards, load_reward_fn
 from ppo_lm.run_config import check_resume_settings, run_settings
-from ppo_lm.stopping import (StopSignals, a_lost_process_is_one_line, agreed_stop, finish, main_says, resume_command,
-                             running_out_of_memory_is_one_line, stopped, together)
+from ppo_lm.stopping import (StopSignals, agreed_stop, finish, lost_processes_and_memory_are_one_line, main_says,
+                             resume_command, stopped, together)
 from ppo_lm.validation import HONEST_SAMPLING, UNUSED_FIELDS, JsonDict, check_settings, check_values, parse_config
 
 
@@ -400,7 +400,9 @@ def main(argv: list[str]) -> None:
                 row |= held_out.run(trainer, time.perf_counter() - started)  # the held-out prompts, every eval_steps
             samples = {"prompt": batch["query"], "response": response_texts, "reward": scores} \
                 if args.sample_every and step % args.sample_every == 0 else None
-            with together(state):  # a failed write (a full disk) ends every process with one line
+            # one gather: a failed write (a full disk) ends every process with one line, and a stop signal any
+            # process has received so far is agreed by all
+            with together(state, stop_signals) as logged:
                 if config.log_with:
                     log_to_trackers(accelerator, row, samples, args.output_dir)
                 if state.is_main_process:
@@ -412,8 +414,8 @@ def main(argv: list[str]) -> None:
             new_run.started()  # the earlier run it replaces, if any, is deleted now
 
             # 5. Checkpoint: on schedule, at a new best held-out evaluation (kept past save_total_limit), and at a
-            #    stop signal received at any point of this step (agreed by all)
-            stop_signal = agreed_stop(state, stop_signals)
+            #    stop signal received at any point of this step (agreed by all, above)
+            stop_signal = logged.stop_signal
             best = held_out.due(step) and main_says(state, held_out.is_new_best(row))
             if stop_signal or best or step % args.save_steps == 0 or step == config.steps:
                 path = save_checkpoint(accelerator, trainer, tokenizer, args.output_dir, step, args.save_total_limit,
@@ -439,5 +441,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    with exits_cleanly(), a_lost_process_is_one_line(sys.argv[1:]), running_out_of_memory_is_one_line(sys.argv[1:]):
+    with exits_cleanly(), lost_processes_and_memory_are_one_line(sys.argv[1:]):
         main(sys.argv[1:])

@@ -70,8 +70,8 @@ def together(state, received_signals: list = ()):
 
 
 def agreed_stop(state, received_signals: list) -> int:
-    """The stop signal any process has received so far (the same on every process), or 0: one small gather, after
-    the update, so a stop asked at any point of a step checkpoints that step."""
+    """The stop signal any process has received so far (the same on every process), or 0: one small gather. (In the
+    loop, the gather that logs a step also agrees on its stop signal.)"""
     with together(state, received_signals) as outcome:
         pass
     return outcome.stop_signal
@@ -105,35 +105,27 @@ def lost_process(e: Exception) -> str | None:
 
 
 @contextmanager
-def a_lost_process_is_one_line(argv: list[str]):
-    """Another process of a multi-process run ended (a kill -9, an out-of-memory kill, a crash): gloo's error at this
-    process's next collective operation becomes one line, exit 1, said by every process that is left (the main one
-    may be the one that ended). Other errors pass on."""
+def lost_processes_and_memory_are_one_line(argv: list[str]):
+    """Two failures of a running process that no check can see coming, as one line, exit 1, said by every process
+    that has it (the main one may be the one that ended): another process of a multi-process run ended (a kill -9,
+    an out-of-memory kill, a crash), seen as gloo's error at this process's next collective operation; and torch's
+    OutOfMemoryError (a GPU's memory) or its CPU allocator's failure, naming the settings that set a step's memory.
+    Other errors pass on."""
     try:
         yield
-    except RuntimeError as e:  # torch.distributed's DistBackendError is one
-        lost = lost_process(e)
-        if not lost:
-            raise
-        raise RunError(f"another process of this run ended while this one waited for it (gloo: {lost}); its own "
-                       "output says why (an out-of-memory kill: the system log, e.g. `dmesg`); resume from the last "
-                       f"checkpoint with: {resume_command(argv)}", code=1, every_process=True) from None
-
-
-@contextmanager
-def running_out_of_memory_is_one_line(argv: list[str]):
-    """torch's OutOfMemoryError (a GPU's memory) or its CPU allocator's failure becomes one line, exit 1, naming the
-    settings that set the memory a step needs. Said by the process that ran out (any of several)."""
-    try:
-        yield
-    except RuntimeError as e:
-        if not isinstance(e, torch.OutOfMemoryError) and "DefaultCPUAllocator: can't allocate memory" not in str(e):
-            raise
+    except RuntimeError as e:  # torch.distributed's DistBackendError and torch.OutOfMemoryError are ones
         reason = (str(e).strip().splitlines() or [""])[0]
-        raise RunError(f"out of memory ({type(e).__name__}: {reason}): lower mini_batch_size (the PPO update), "
-                       "generation_batch_size (generation) or response_max_tokens, or train LoRA adapters (use_peft: "
-                       f"true); then start again, or resume where a checkpoint was saved: {resume_command(argv)}",
-                       code=1, every_process=True) from None
+        if lost := lost_process(e):
+            what = (f"another process of this run ended while this one waited for it (gloo: {lost}); its own output "
+                    "says why (an out-of-memory kill: the system log, e.g. `dmesg`); resume from the last checkpoint "
+                    "with:")
+        elif isinstance(e, torch.OutOfMemoryError) or "DefaultCPUAllocator: can't allocate memory" in str(e):
+            what = (f"out of memory ({type(e).__name__}: {reason}): lower mini_batch_size (the PPO update), "
+                    "generation_batch_size (generation) or response_max_tokens, or train LoRA adapters (use_peft: "
+                    "true); then start again, or resume where a checkpoint was saved:")
+        else:
+            raise
+        raise RunError(f"{what} {resume_command(argv)}", code=1, every_process=True) from None
 
 
 def main_says(state, value: bool) -> bool:
