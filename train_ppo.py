@@ -49,6 +49,7 @@ from trl.core import LengthSampler
 
 from plot import plot_run
 from ppo_lm import zero
+from ppo_lm.compat import trl_package_flags
 from ppo_lm.checkpoints import (find_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint, save_policy,
                                  write_failed, writing)
 from ppo_lm.data import batch_indices, fit_prompts, load_texts, read_eval_prompts
@@ -284,6 +285,7 @@ def report_run(trainer, tokenizer, args, model_args, settings, eval_prompts, hel
 
 
 def main(argv: list[str]) -> None:
+    trl_package_flags()  # trl 0.11.4 on transformers 5 (ppo_lm/compat.py)
     # ---- Settings: parsed and checked (types, ranges, files) before anything is loaded or written
     args, config, model_args = parse_config(TrlParser((ScriptArguments, CheckedPPOConfig, CheckedModelConfig)), argv)
     check_settings(args, config, model_args)

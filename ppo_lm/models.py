@@ -12,6 +12,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_N
 from trl import AutoModelForCausalLMWithValueHead, get_peft_config
 from trl.trainer.utils import disable_dropout_in_model
 
+from ppo_lm.compat import drop_none_cache_argument
 from ppo_lm.errors import RunError
 
 
@@ -83,6 +84,7 @@ def load_model(path: str, what: str, model_args, disable_dropout: bool = True, p
         raise
     finally:
         transformers.logging.set_verbosity(verbosity)
+    drop_none_cache_argument(model)
     if disable_dropout:
         disable_dropout_in_model(model)
     return model

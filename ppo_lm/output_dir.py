@@ -67,6 +67,50 @@ def run_paths(output_dir) -> list[Path]:
     return found
 
 
+def read_paths(args, model_args) -> list[tuple[str, Path, bool]]:
+    """(setting, resolved path, is a directory) for every local path the run reads: the policy, the reference, any
+    reward_kwargs value that names a local path (a reward or judge model), the data and eval files, reward files."""
+    named = [("model_name_or_path", model_args.model_name_or_path), ("ref_model_name_or_path",
+                                                                     args.ref_model_name_or_path)]
+    named += [(f"reward_kwargs {key}", value) for key, value in args.reward_kwargs.items() if isinstance(value, str)]
+    named += [("dataset_name", f) for f in args.dataset_name.split(",")] + [("eval_file", args.eval_file)]
+    named += [(setting, spec.rsplit(":", 1)[0]) for setting, specs in [("reward_fn", [args.reward_fn]),
+                                                                      ("eval_reward_fns", args.eval_reward_fns)]
+              for spec in specs if ":" in spec]
+    return [(setting, Path(value).resolve(), os.path.isdir(value)) for setting, value in named
+            if value and os.path.exists(value)]
+
+
+def check_output_dir(args, model_args) -> None:
+    """Before anything is loaded or written: output_dir is not empty, is not (nor contains, nor lies inside) a
+    directory the run reads from, and holds no files that no run of this script wrote (a directory with an earlier
+    run's run_config.yaml may also hold the user's own files: --overwrite_output_dir leaves those)."""
+    if not args.output_dir.strip():
+        raise RunError("output_dir is empty: set --output_dir to a new directory for this run's model, metrics and "
+                       "checkpoints (e.g. runs/ppo)")
+    out = Path(args.output_dir).resolve()
+    for setting, path, is_dir in read_paths(args, model_args):
+        read_dir = path if is_dir else path.parent  # a data file: the directory that holds it
+        if out == read_dir:
+            where = "is the directory"
+        elif read_dir in out.parents and is_dir:
+            where = "is inside the directory"
+        elif out in path.parents:
+            where = "contains"
+        else:
+            continue
+        raise RunError(f"output_dir '{args.output_dir}' {where} {'' if where == 'contains' else 'of '}{setting} "
+                       f"'{path}', which the run reads from: its files would be written over or mixed with the "
+                       "run's; choose an output_dir of its own (e.g. runs/ppo)")
+    if out.is_dir() and not (out / "run_config.yaml").is_file():
+        ours = {p.name for p in run_paths(out)} | {ASIDE, f"{ASIDE}.deleting"}
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in ours)
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+            raise RunError(f"output_dir '{args.output_dir}' holds files no run of this script wrote ({shown}): "
+                           "choose a new or empty output_dir, or move those files elsewhere")
+
+
 def holds_earlier_run(output_dir: str) -> bool:
     path = Path(output_dir)
     return any((path / name).exists() for name in ["metrics.jsonl", "run_config.yaml"]) or \

@@ -22,6 +22,7 @@ from accelerate.utils import DynamoBackend, PrecisionType, ProjectConfiguration,
 from ppo_lm.errors import RunError
 from ppo_lm import zero
 from ppo_lm.hub import check_hub
+from ppo_lm.output_dir import check_output_dir
 
 
 class JsonDict(dict):
@@ -263,6 +264,7 @@ def check_settings(args, config, model_args) -> None:
     zero.check(args.save_merged)
     if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
         raise RunError(f"output_dir '{args.output_dir}' is a file, not a directory: choose another output_dir")
+    check_output_dir(args, model_args)
     changed = {k: getattr(args, k) for k, v in HONEST_SAMPLING.items() if getattr(args, k) != v}
     if changed:
         warnings.warn(f"generation settings {changed} sample from a distribution other than the policy's, "

@@ -168,7 +168,10 @@ CASES = [
      "model_name_or_path: directory '{tmp}/no_model' not found"),
     ("ref-model-missing", {}, ["--ref_model_name_or_path", "{tmp}/no_ref"],
      "ref_model_name_or_path: directory '{tmp}/no_ref' not found"),
-    ("output-dir-unwritable", {}, ["--output_dir", "/proc/sys"], "output_dir '/proc/sys' is not writable"),
+    ("output-dir-foreign", {}, ["--output_dir", "/proc/sys"],
+     "output_dir '/proc/sys' holds files no run of this script wrote"),
+    ("output-dir-uncreatable", {}, ["--output_dir", "/proc/sys/ppo_run"],
+     "output_dir '/proc/sys/ppo_run' cannot be created"),
     ("fp8-without-packages", {}, ["--accelerator_kwargs", '{{"mixed_precision": "fp8"}}'],
      "accelerator_kwargs: mixed_precision 'fp8' needs transformer_engine or MS-AMP"),
     # accelerate refuses a value only when PPOTrainer builds the Accelerator, after the earlier run was set aside

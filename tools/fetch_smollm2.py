@@ -33,6 +33,14 @@ def convert(gguf_path: Path, out: Path) -> None:
                                               legacy=False)
     tokenizer.eos_token = tokenizer.pad_token = "<|im_end|>"
     model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
+    # transformers 5 keeps its GGUF quantizer on the model even when it dequantised every weight (no `kernels`
+    # package), and refuses to save a model that has one: the weights are plain float32 tensors, so drop it
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:
+        if getattr(quantizer, "packed_modules", None):
+            sys.exit("the GGUF weights were kept packed (the `kernels` package is installed): uninstall it, or "
+                     "convert on a machine without it")
+        quantizer.remove_quantization_config(model)
     for config in (model.config, model.generation_config):
         config.eos_token_id = config.pad_token_id = tokenizer.eos_token_id
         config.bos_token_id = tokenizer.bos_token_id

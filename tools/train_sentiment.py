@@ -77,7 +77,7 @@ def train(base: Path, data: Path, out: Path, args) -> dict:
             args=TrainingArguments(
                 output_dir=scratch, learning_rate=args.learning_rate, per_device_train_batch_size=args.batch_size,
                 per_device_eval_batch_size=128, num_train_epochs=args.epochs, max_steps=args.max_steps,
-                warmup_ratio=0.1, weight_decay=0.01, bf16=args.bf16, group_by_length=True, seed=args.seed,
+                warmup_steps=0.1, weight_decay=0.01, bf16=args.bf16, train_sampling_strategy="group_by_length", seed=args.seed,
                 save_strategy="no", report_to=[], logging_steps=50, disable_tqdm=True,
                 use_cpu=not torch.cuda.is_available()),
             train_dataset=train_set, eval_dataset=heldout, data_collator=DataCollatorWithPadding(tokenizer),
