@@ -7,18 +7,17 @@ import random
 import re
 import shutil
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from transformers.trainer_utils import get_last_checkpoint
 from trl.models.utils import unwrap_model_for_generation
 
 from ppo_lm import zero
-from ppo_lm.errors import RunError
-from ppo_lm.stopping import lost_process, together
+from ppo_lm.errors import RunError, first_line, writing
+from ppo_lm.processes import fail_together
+from ppo_lm.run_config import save_run_config
 
 
 CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")  # transformers' Trainer convention: OUTPUT_DIR/checkpoint-N
@@ -71,37 +70,6 @@ def check_complete(path: Path) -> Path:
     return path
 
 
-def write_error(e: Exception) -> bool:
-    """Whether `e` is a failed write (a full disk, a read-only directory): OSError from Python's own files,
-    RuntimeError from torch's serializer ("unexpected pos ...", "iostream error"; not running out of memory or
-    losing another process, which have lines of their own), or the OS error that the Rust writers of safetensors
-    (SafetensorError) and tokenizers (a plain Exception) pass on as "... (os error 28)"."""
-    if isinstance(e, RuntimeError):
-        return not isinstance(e, torch.OutOfMemoryError) and not lost_process(e)
-    return isinstance(e, OSError) or (not isinstance(e, RunError) and "(os error " in str(e))
-
-
-@contextmanager
-def writing(what: str, path, output_dir, code: int = 1, then: str | None = None):
-    """A failed write in the block ends the run with `write_failed`'s line. Other errors pass on."""
-    try:
-        yield
-    except Exception as e:
-        if not write_error(e):
-            raise
-        raise write_failed(what, path, e, output_dir, code, then) from None
-
-
-def write_failed(what: str, path, e: Exception, output_dir, code: int = 1, then: str | None = None) -> RunError:
-    """One line: what could not be written, why, and how to go on (`then`; by default: resume from the last
-    checkpoint, or start again where none was saved yet)."""
-    reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-    then = then or ("resume with --resume_from_checkpoint latest" if list_checkpoints(output_dir) else
-                    "start the run again with --overwrite_output_dir (no checkpoint was saved yet)")
-    return RunError(f"could not write {what} to {path} ({type(e).__name__}: {reason}): free disk space (or fix the "
-                    f"permissions) there, then {then}", code=code)
-
-
 def save_checkpoint(accelerator, trainer, tokenizer, output_dir: str, step: int, save_total_limit: int,
                     settings: dict, keep: set[int] = frozenset()) -> Path:
     """Called on every process. The main process writes the policy with its value head, the tokenizer, the optimizer
@@ -111,13 +79,13 @@ def save_checkpoint(accelerator, trainer, tokenizer, output_dir: str, step: int,
     in `keep` (the best held-out evaluation's) besides. A failed write (a full disk) removes the partial
     checkpoint-N.tmp, keeps the earlier checkpoints and ends the run on every process with one line."""
     final, tmp = Path(output_dir, f"checkpoint-{step}"), Path(output_dir, f"checkpoint-{step}.tmp")
-    with together(accelerator.state), writing(f"checkpoint {step}", tmp, output_dir):
+    with fail_together(accelerator.state), writing(f"checkpoint {step}", tmp, output_dir):
         if accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
     try:
         # each process's files; the first failure reaches all of them
-        with together(accelerator.state), writing(f"checkpoint {step}", tmp, output_dir):
+        with fail_together(accelerator.state), writing(f"checkpoint {step}", tmp, output_dir):
             python_rng, numpy_rng = random.getstate(), np.random.get_state()
             torch.save({"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all()
                         if torch.cuda.is_available() else [], "python": [python_rng[0], list(python_rng[1]),
@@ -134,9 +102,9 @@ def save_checkpoint(accelerator, trainer, tokenizer, output_dir: str, step: int,
                 tokenizer.save_pretrained(tmp)
                 if not deepspeed:
                     torch.save(trainer.optimizer.state_dict(), tmp / "optimizer.pt")
-                (tmp / "run_config.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
+                save_run_config(settings, tmp)
         # every process's RNG file is in: mark it complete, rename, prune
-        with together(accelerator.state), writing(f"checkpoint {step}", tmp, output_dir):
+        with fail_together(accelerator.state), writing(f"checkpoint {step}", tmp, output_dir):
             if accelerator.is_main_process:
                 moments = {k: float(getattr(trainer.running, k)) for k in ("mean", "std", "var", "count")}
                 state = {"step": step, "kl_coef": float(trainer.kl_ctl.value), "trl_current_step": trainer.current_step,
@@ -159,7 +127,7 @@ def save_policy(accelerator, trainer, tokenizer, output_dir: str) -> None:
     """The tuned policy with its value head (safetensors; a LoRA policy: its adapters, and the value head as
     pytorch_model.bin) and the tokenizer, in output_dir. Main process; every process waits for it. A failed write
     ends the run in one line: the last checkpoint holds the tuned policy, and a resume from it saves it again."""
-    with (together(accelerator.state), writing("the tuned policy", output_dir, output_dir),
+    with (fail_together(accelerator.state), writing("the tuned policy", output_dir, output_dir),
           unwrap_model_for_generation(trainer.model, accelerator) as policy):
         if accelerator.is_main_process:
             policy.save_pretrained(output_dir, safe_serialization=True)
@@ -194,7 +162,7 @@ def load_checkpoint(path: Path, trainer, accelerator) -> dict:
             trainer.optimizer.load_state_dict(optimizer_state)
         except (ValueError, KeyError, RuntimeError) as e:
             raise RunError(f"resume_from_checkpoint '{path}': its optimizer state does not fit this model "
-                           f"({str(e).splitlines()[0]}); resume with the model and LoRA settings it was saved with"
+                           f"({first_line(e)}); resume with the model and LoRA settings it was saved with"
                            ) from None
     trainer.model.train()  # as PPOTrainer.step leaves it in an uninterrupted run
     trainer.kl_ctl.value = state["kl_coef"]
@@ -223,7 +191,7 @@ def read_checkpoint_file(path: Path, read):
     except RunError:
         raise
     except Exception as e:  # UnpicklingError (not plain tensors), a torn zip, bad JSON, ...
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        reason = first_line(e)
         raise RunError(f"checkpoint file {path} cannot be read ({type(e).__name__}: {reason[:200]}): it is damaged "
                        f"or was not written by train_ppo.py; resume from another checkpoint-N in {path.parent.parent}"
                        ", or start a new run") from None

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from datasets import Value, load_dataset
 
-from ppo_lm.errors import RunError
+from ppo_lm.errors import RunError, first_line
 
 
 def batch_indices(num_rows: int, batch_size: int, step: int, seed: int, rank: int = 0, world_size: int = 1):
@@ -23,11 +23,10 @@ def batch_indices(num_rows: int, batch_size: int, step: int, seed: int, rank: in
     return order[start : start + batch_size].tolist()
 
 
-def load_texts(dataset_name: str, split: str, text_column: str, min_length: int):
-    """The texts prompts are cut from: local .json/.jsonl/.csv/.txt file(s) (comma-separated) or a hub dataset.
-    Every way loading can fail ends in one sentence naming the setting."""
-    files = dataset_name.split(",")
-    local = Path(files[0]).suffix in {".json", ".jsonl", ".csv", ".txt"}
+def load_rows(dataset_name: str, split: str):
+    """The rows of a dataset: local .json/.jsonl/.csv/.txt file(s) (comma-separated) or a hub dataset. Every way
+    loading can fail ends in one sentence naming the setting."""
+    files, local = dataset_name.split(","), is_local(dataset_name)
     if local and split != "train":  # datasets reads local files as one split named train
         raise RunError(f"dataset_split '{split}' is for hub datasets; local files are read as one split, 'train': "
                        "leave dataset_split unset and point dataset_name to the file(s) to use")
@@ -40,21 +39,36 @@ def load_texts(dataset_name: str, split: str, text_column: str, min_length: int)
     try:
         if local:
             builder = {".jsonl": "json", ".txt": "text"}.get(Path(files[0]).suffix, Path(files[0]).suffix[1:])
-            texts = load_dataset(builder, data_files=files, split="train")
-        else:
-            texts = load_dataset(dataset_name, split=split)
-        feature = texts.features.get(text_column)
-        is_text = isinstance(feature, Value) and feature.dtype in ("string", "large_string")
-        if is_text:  # reading the texts decodes them: bad bytes in a .jsonl fail here, not in load_dataset
-            texts = texts.filter(lambda t: t is not None and len(t) >= max(1, min_length), input_columns=text_column)
+            return load_dataset(builder, data_files=files, split="train")
+        return load_dataset(dataset_name, split=split)
     except Exception as e:  # DatasetGenerationError, JSON and UTF-8 errors, offline, ...: name the cause
-        cause = e.__cause__ or e.__context__ or e
-        reason = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
-        if local:
-            raise RunError(f"dataset_name '{dataset_name}' could not be read ({type(cause).__name__}: {reason}); "
-                           "give UTF-8 .jsonl (one JSON object per line), .csv or .txt (one text per line)") from None
-        raise RunError(f"dataset '{dataset_name}' could not be loaded ({reason}); offline, point dataset_name to "
-                       "local .jsonl/.csv/.txt files, e.g. data/rt_snippets/train.jsonl") from None
+        raise unreadable(dataset_name, local, e) from None
+
+
+def is_local(dataset_name: str) -> bool:
+    return Path(dataset_name.split(",")[0]).suffix in {".json", ".jsonl", ".csv", ".txt"}
+
+
+def unreadable(dataset_name: str, local: bool, e: Exception) -> RunError:
+    cause = e.__cause__ or e.__context__ or e
+    if local:
+        return RunError(f"dataset_name '{dataset_name}' could not be read ({type(cause).__name__}: "
+                        f"{first_line(cause)}); give UTF-8 .jsonl (one JSON object per line), .csv or .txt (one text "
+                        "per line)")
+    return RunError(f"dataset '{dataset_name}' could not be loaded ({first_line(cause)}); offline, point dataset_name "
+                    "to local .jsonl/.csv/.txt files, e.g. data/rt_snippets/train.jsonl")
+
+
+def load_texts(dataset_name: str, split: str, text_column: str, min_length: int):
+    """The texts prompts are cut from (load_rows), those of at least min_length characters."""
+    texts = load_rows(dataset_name, split)
+    feature = texts.features.get(text_column)
+    is_text = isinstance(feature, Value) and feature.dtype in ("string", "large_string")
+    if is_text:  # reading the texts decodes them: bad bytes in a .jsonl fail here, not in load_dataset
+        try:
+            texts = texts.filter(lambda t: t is not None and len(t) >= max(1, min_length), input_columns=text_column)
+        except Exception as e:
+            raise unreadable(dataset_name, is_local(dataset_name), e) from None
     if text_column not in texts.column_names:
         raise RunError(f"text_column '{text_column}' is not a column of '{dataset_name}': {texts.column_names}; "
                        "set text_column to the column that holds the texts")

@@ -1,4 +1,5 @@
-"""Errors a user can fix, and how the script ends on one: a single `error: ...` line and an exit code.
+"""Errors a user can fix, and how the script ends on one: a single `error: ...` line and an exit code. Also how
+the errors of libraries read: a failed write (a full disk), another process lost (gloo), an exception's first line.
 
 Exit codes: 2 for bad input or a bad situation found at start-up, 1 for a failure during training, 128 + N for a stop
 by signal N (130 for Ctrl-C)."""
@@ -16,6 +17,12 @@ class RunError(Exception):
         super().__init__(message)
         self.code = code
         self.every_process = every_process  # said by every process, not only the main one
+
+
+def first_line(e: Exception) -> str:
+    """The first line of an exception's message (its type's name when the message is empty): what a one-line error
+    quotes of a library's error."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 INTERRUPTED = RunError("interrupted (Ctrl-C) during start-up, before the first PPO step; output_dir is as it was: "
@@ -65,7 +72,7 @@ def exits_cleanly():
 
 def end(error: RunError, hard: bool = False):
     """Print the error's line (once, from the main process) and exit with its code."""
-    # every process has the same error (stopping.together): said once, by the main process, unless it may be gone
+    # every process has the same error (processes.fail_together): said once, by the main process, unless it may be gone
     if int(os.environ.get("RANK", "0")) == 0 or error.every_process:
         print(f"error: {error}", file=sys.stderr)
     torch = sys.modules.get("torch")  # not imported yet when Ctrl-C comes during the imports
@@ -76,3 +83,47 @@ def end(error: RunError, hard: bool = False):
         sys.stdout.flush(), sys.stderr.flush()
         os._exit(error.code)
     sys.exit(error.code)
+
+
+# What gloo says at a collective operation when a process it waits for has ended (killed, out of memory, crashed)
+LOST_PROCESS = ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
+
+
+def lost_process(e: Exception) -> str | None:
+    """gloo's words for another process having ended, if `e` is that error."""
+    return next((phrase for phrase in LOST_PROCESS if phrase in str(e)), None) if isinstance(e, RuntimeError) else None
+
+
+def write_error(e: Exception) -> bool:
+    """Whether `e` is a failed write (a full disk, a read-only directory): OSError from Python's own files,
+    RuntimeError from torch's serializer ("unexpected pos ...", "iostream error"; not running out of memory or
+    losing another process, which have lines of their own), or the OS error that the Rust writers of safetensors
+    (SafetensorError) and tokenizers (a plain Exception) pass on as "... (os error 28)"."""
+    if isinstance(e, RuntimeError):
+        import torch  # imported by then; not at the top, so that quiet_interrupts() can come before torch
+
+        return not isinstance(e, torch.OutOfMemoryError) and not lost_process(e)
+    return isinstance(e, OSError) or (not isinstance(e, RunError) and "(os error " in str(e))
+
+
+@contextmanager
+def writing(what: str, path, output_dir, code: int = 1, then: str | None = None):
+    """A failed write in the block ends the run with `write_failed`'s line. Other errors pass on."""
+    try:
+        yield
+    except Exception as e:
+        if not write_error(e):
+            raise
+        raise write_failed(what, path, e, output_dir, code, then) from None
+
+
+def write_failed(what: str, path, e: Exception, output_dir, code: int = 1, then: str | None = None) -> RunError:
+    """One line: what could not be written, why, and how to go on (`then`; by default: resume from the last
+    checkpoint, or start again where none was saved yet)."""
+    from ppo_lm.checkpoints import list_checkpoints  # checkpoints' own writes use writing()
+
+    reason = first_line(e)
+    then = then or ("resume with --resume_from_checkpoint latest" if list_checkpoints(output_dir) else
+                    "start the run again with --overwrite_output_dir (no checkpoint was saved yet)")
+    return RunError(f"could not write {what} to {path} ({type(e).__name__}: {reason}): free disk space (or fix the "
+                    f"permissions) there, then {then}", code=code)

@@ -1,6 +1,6 @@
 """The Hugging Face Hub: hub_model_id is checked at start-up, and OUTPUT_DIR is pushed at the end."""
 
-from ppo_lm.errors import RunError
+from ppo_lm.errors import RunError, first_line
 
 
 def check_hub(hub_model_id: str | None) -> None:
@@ -11,12 +11,12 @@ def check_hub(hub_model_id: str | None) -> None:
 
     if constants.HF_HUB_OFFLINE:
         raise RunError(f"hub_model_id '{hub_model_id}': the Hugging Face Hub is offline here (HF_HUB_OFFLINE); unset "
-                       "hub_model_id, or push OUTPUT_DIR later from a connected machine with `huggingface-cli upload`")
+                       "hub_model_id, or push OUTPUT_DIR later from a connected machine with `hf upload`")
     try:
         whoami()
     except Exception as e:
         raise RunError(f"hub_model_id '{hub_model_id}': cannot push to the Hugging Face Hub "
-                       f"({str(e).splitlines()[0]}); log in with `huggingface-cli login` or unset hub_model_id"
+                       f"({first_line(e)}); log in with `hf auth login` or unset hub_model_id"
                        ) from None
 
 

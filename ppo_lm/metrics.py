@@ -7,16 +7,48 @@ import sys
 import threading
 from pathlib import Path
 
+import torch
 from trl.core import convert_to_scalar
 
-from ppo_lm.checkpoints import write_error, writing
-from ppo_lm.errors import RunError
+from ppo_lm.errors import RunError, write_error, writing
+from ppo_lm.processes import fail_together
 
 
 def scalar_stats(stats: dict) -> dict:
     """The single-number entries of TRL's step statistics (objective/kl, objective/kl_coef — the beta this step
     used —, ppo/loss/*, ...), as plain floats; histograms are left out."""
     return {k: float(v) for k, v in convert_to_scalar(stats).items() if isinstance(v, numbers.Real)}
+
+
+def step_row(accelerator, step: int, scores: list[float], stats: dict, skipped: int, seconds: dict) -> dict:
+    """The step's metrics row: the scores gathered from every process (env/...), TRL's statistics, the minibatches
+    TRL skipped, the seconds of each phase (time/...) and, on a GPU, the step's peak memory (memory that grows from
+    step to step is a leak)."""
+    all_scores = accelerator.gather(torch.tensor(scores, device=accelerator.device)).float()
+    row = {"step": step, "env/episodes": len(all_scores), "env/reward_mean": all_scores.mean().item(),
+           "env/reward_std": all_scores.std().item(), **scalar_stats(stats), "ppo/skipped_minibatches": skipped,
+           **{f"time/{phase}": s for phase, s in seconds.items()}}
+    if torch.cuda.is_available():
+        row["memory/peak_gb"] = torch.cuda.max_memory_allocated() / 2**30
+        torch.cuda.reset_peak_memory_stats()
+    return row
+
+
+def log_step(accelerator, row: dict, samples: dict | None, path: Path, stop_signals: list, progress, beta: float
+             ) -> int:
+    """The row to metrics.jsonl, the trackers and the progress bar, and the samples table when given, on the main
+    process. Returns the stop signal any process has received so far (0 for none), the same on every process: the
+    one gather of this phase also ends every process with one line when a write failed (a full disk)."""
+    with fail_together(accelerator.state, stop_signals) as logged:
+        if accelerator.trackers:
+            log_to_trackers(accelerator, row, samples, path.parent)
+        if accelerator.is_main_process:
+            append_row(path, row)
+            progress.set_postfix(reward=f"{row['env/reward_mean']:.3f}", kl=f"{row['objective/kl']:.2f}",
+                                 beta=f"{beta:.3f}")
+            if samples:
+                print_table(f"samples at step {row['step']}", list(samples), *samples.values())
+    return logged.stop_signal
 
 
 def read_metrics(path, torn: list | None = None) -> list[dict]:

@@ -13,7 +13,7 @@ from trl import AutoModelForCausalLMWithValueHead, get_peft_config
 from trl.trainer.utils import disable_dropout_in_model
 
 from ppo_lm.compat import drop_none_cache_argument
-from ppo_lm.errors import RunError
+from ppo_lm.errors import RunError, first_line
 
 
 def from_pretrained(cls, path: str, what: str, **kwargs):
@@ -24,13 +24,13 @@ def from_pretrained(cls, path: str, what: str, **kwargs):
         return cls.from_pretrained(path, **kwargs)
     except Exception as e:  # OSError, ValueError, SafetensorError, ...: the library's first line says what is wrong
         if os.path.isdir(path):
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            reason = first_line(e)
             raise RunError(f"{what} '{path}' could not be loaded ({reason}); point it to a complete saved model "
                            "directory (config.json, weights, tokenizer)") from None
         if path.startswith(("/", ".", "~")) or path.count("/") > 1:  # a path, not a hub id like org/name
             raise RunError(f"{what}: directory '{path}' not found; point it to a saved model directory") from None
         raise RunError(f"{what} '{path}' is not a local directory and could not be fetched from the Hugging Face "
-                       f"Hub (offline or unreachable); on a connected machine run `huggingface-cli download {path} "
+                       f"Hub (offline or unreachable); on a connected machine run `hf download {path} "
                        f"--local-dir DIR` and set {what} to DIR, or run `make train` for the offline "
                        f"SmolLM2 job") from None
 

@@ -13,8 +13,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from ppo_lm.checkpoints import writing
-from ppo_lm.errors import RunError
+from ppo_lm.errors import RunError, writing
 from ppo_lm.model_card import CARD_MARK
 from ppo_lm.run_config import save_run_config
 
@@ -68,11 +67,15 @@ def run_paths(output_dir) -> list[Path]:
 
 
 def read_paths(args, model_args) -> list[tuple[str, Path, bool]]:
-    """(setting, resolved path, is a directory) for every local path the run reads: the policy, the reference, any
-    reward_kwargs value that names a local path (a reward or judge model), the data and eval files, reward files."""
+    """(setting, resolved path, is a directory) for every local path the run reads: the policy, the reference, a
+    reward_kwargs value that names a file or a model (the reward's and the judges' classifier), the data and eval
+    files, reward files."""
     named = [("model_name_or_path", model_args.model_name_or_path), ("ref_model_name_or_path",
                                                                      args.ref_model_name_or_path)]
-    named += [(f"reward_kwargs {key}", value) for key, value in args.reward_kwargs.items() if isinstance(value, str)]
+    # a reward_kwargs value counts when it names a file or a model directory (config.json): a classifier, a word
+    # list; not a directory the reward function itself writes to
+    named += [(f"reward_kwargs {key}", value) for key, value in args.reward_kwargs.items() if isinstance(value, str)
+              and (os.path.isfile(value) or os.path.isfile(os.path.join(value, "config.json")))]
     named += [("dataset_name", f) for f in args.dataset_name.split(",")] + [("eval_file", args.eval_file)]
     named += [(setting, spec.rsplit(":", 1)[0]) for setting, specs in [("reward_fn", [args.reward_fn]),
                                                                       ("eval_reward_fns", args.eval_reward_fns)]

@@ -5,6 +5,7 @@ import math
 import numbers
 import os
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import torch
@@ -13,8 +14,9 @@ from trl.trainer.utils import RunningMoments
 from ppo_lm.errors import RunError
 
 
-def load_reward_fn(spec: str, setting: str = "reward_fn"):
-    """`name` of a function in reward.py, or `path/to/file.py:function`; errors name `setting`."""
+def load_reward_fn(spec: str, setting: str = "reward_fn", functions: ModuleType | None = None):
+    """`name` of a function in the module `functions` (train_ppo.py passes reward.py), or `path/to/file.py:function`;
+    errors name `setting`."""
     if ":" in spec:
         path, name = spec.rsplit(":", 1)
         if not os.path.isfile(path):
@@ -28,9 +30,9 @@ def load_reward_fn(spec: str, setting: str = "reward_fn"):
         except Exception as e:
             raise RunError(f"{setting} '{spec}': importing '{path}' failed: {type(e).__name__}: {e}") from None
     else:
-        import reward as module
-
-        name = spec
+        if functions is None:
+            raise RunError(f"{setting} '{spec}': name a function as path/to/file.py:function")
+        module, name = functions, spec
     fn = getattr(module, name, None)
     if not callable(fn):
         available = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_")

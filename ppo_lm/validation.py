@@ -19,7 +19,7 @@ import yaml
 from accelerate import Accelerator
 from accelerate.utils import DynamoBackend, PrecisionType, ProjectConfiguration, is_fp8_available
 
-from ppo_lm.errors import RunError
+from ppo_lm.errors import RunError, first_line
 from ppo_lm import zero
 from ppo_lm.hub import check_hub
 from ppo_lm.output_dir import check_output_dir
@@ -140,7 +140,7 @@ def parse_config(parser, argv: list[str]):
             raise RunError(
                 f"batch_size must be a multiple of mini_batch_size * gradient_accumulation_steps (got "
                 f"{text.split('division: ')[1]}); change one of them so the division is exact") from None
-        raise RunError(f"invalid setting: {text.splitlines()[0]}") from None
+        raise RunError(f"invalid setting: {first_line(e)}") from None
     except ImportError as e:  # PPOConfig checks that log_with's package is installed
         raise RunError(f"log_with: {e}") from None
     finally:
@@ -159,7 +159,7 @@ def read_config_file(path: str) -> dict:
     except yaml.YAMLError as e:
         where = getattr(e, "problem_mark", None)
         at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        problem = getattr(e, "problem", None) or first_line(e)
         raise RunError(f"config file '{path}' is not valid YAML{at}: {problem}; write one `setting: value` per line"
                        ) from None
     if settings is None:

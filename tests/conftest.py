@@ -1,6 +1,8 @@
 """Tiny local models and data, built once per test session; nothing is downloaded."""
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +17,7 @@ workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if workers > 1:
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
 ROOT = Path(__file__).resolve().parents[1]
+REWARDS = ROOT / "tests" / "rewards.py"  # the tests' reward functions: f"{REWARDS}:words"
 sys.path.insert(0, str(ROOT))
 
 from ppo_lm.tiny_models import build_classifier, build_policy, write_dataset  # noqa: E402
@@ -118,3 +121,43 @@ def sigterm_to_rank_1_after(rows: int, out: Path):
         procs[1].send_signal(signal.SIGTERM)
 
     return terminate
+
+
+# Faults at an exact point of a run: tests/rewards.py's fault functions, which the run imports as its reward
+
+@pytest.fixture
+def faults(tiny_config, tmp_path):
+    """config(fault, at=call, **settings) -> a config whose reward is tests/rewards.py:`fault`."""
+
+    def config(fault="words", at=0, **settings):  # the fault's own arguments (signum, name, rank) among settings
+        for calls in tmp_path.glob("calls-*"):
+            calls.unlink()
+        arguments = {k: settings.pop(k) for k in ("signum", "name", "rank") if k in settings}
+        return tiny_config(reward_fn=f"{REWARDS}:{fault}",
+                           reward_kwargs={"out": str(tmp_path), "at": at, **arguments}, **settings)
+
+    return config
+
+
+def last_line(stderr: str) -> str:
+    return stderr.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="module")
+def finished(tiny, tmp_path_factory):
+    """A finished 2-step run with checkpoint-1 and checkpoint-2 (save_steps 1), copied into each test's output_dir."""
+    root = tmp_path_factory.mktemp("finished")
+    config = root / "finished.yaml"
+    config.write_text(json.dumps({"model_name_or_path": tiny["policy"], "dataset_name": tiny["data"],
+                                  "min_text_length": 20, "reward_fn": "vader", "batch_size": 16,
+                                  "mini_batch_size": 8, "steps": 2, "save_steps": 1, "sample_every": 0,
+                                  "output_dir": str(root / "run")}))
+    assert run_script("--config", config).returncode == 0
+    return root / "run"
+
+
+@pytest.fixture
+def copy_of_finished(finished, tiny_config, tmp_path):
+    """(output_dir, config): the finished run in this test's output_dir, and a config that resumes it to step 3."""
+    shutil.copytree(finished, tmp_path / "run")
+    return tmp_path / "run", tiny_config(reward_fn="vader", steps=3)

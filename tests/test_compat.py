@@ -1,5 +1,7 @@
-"""ppo_lm/compat.py: each shim for trl 0.11.4 on transformers 5, with a test that fails without it."""
+"""ppo_lm/compat.py: each shim for trl 0.11.4 on transformers 5, with a test that fails without it; and importing the
+project's modules changes no environment variable and no warnings filter."""
 
+import json
 import subprocess
 import sys
 import warnings
@@ -9,31 +11,29 @@ import torch
 from conftest import ROOT
 from ppo_lm.models import load_model
 
+SCRIPTS = ROOT / "tests" / "scripts"
 
-def run_python(code: str) -> subprocess.CompletedProcess:
-    """A fresh interpreter (trl's flags are module state), from the project's root."""
-    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+def run_python(script: str, *argv) -> subprocess.CompletedProcess:
+    """A fresh interpreter (trl's flags are module state)."""
+    return subprocess.run([sys.executable, str(SCRIPTS / script), *argv], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
 
 
 def test_trl_package_flags_say_what_is_installed():
-    """transformers 5's _is_package_available returns a tuple, so trl's flags all say "installed"; after the shim
-    they are bools that match the environment, and trl's judges module (which imports llm_blender when its flag says
-    so) imports."""
-    unshimmed = run_python("import trl.import_utils as u; print(u.is_llmblender_available())")
-    shimmed = run_python(
-        "import importlib.util, trl.import_utils as u\n"
-        "from ppo_lm.compat import trl_package_flags\n"
-        "trl_package_flags()\n"
-        "flags = [u.is_diffusers_available(), u.is_llmblender_available(), u.is_unsloth_available(), "
-        "u.is_liger_kernel_available(), u.is_rich_available()]\n"
-        "assert flags == [importlib.util.find_spec(p) is not None for p in "
-        "('diffusers', 'llm_blender', 'unsloth', 'liger_kernel', 'rich')], flags\n"
-        "assert all(type(f) is bool for f in flags)\n"
-        "import trl.trainer.judges\n"
-        "print('judges imported')")
-    assert unshimmed.returncode == 0, unshimmed.stderr
+    """transformers 5's _is_package_available returns a tuple, so trl's flags all say "installed" and trl's judges
+    module (which imports llm_blender when its flag says so) fails to import; with the shim each flag is the bool of
+    whether its package is installed, and the judges module imports."""
+    unshimmed = run_python("trl_flags.py")
+    flags = json.loads(unshimmed.stdout.splitlines()[0])
+    assert flags["llm_blender"] == ["(False, None)", False]  # the lie the shim is for (llm_blender not installed)
+    assert unshimmed.returncode != 0 and "No module named 'llm_blender'" in unshimmed.stderr
+
+    shimmed = run_python("trl_flags.py", "--shim")
     assert shimmed.returncode == 0, shimmed.stderr
-    assert shimmed.stdout.strip() == "judges imported"
+    flags, imported = shimmed.stdout.splitlines()
+    assert all(flag == repr(installed) for flag, installed in json.loads(flags).values()), flags
+    assert imported == "judges imported"
 
 
 def test_value_head_forward_passes_no_deprecated_cache_argument(tiny):
@@ -48,3 +48,13 @@ def test_value_head_forward_passes_no_deprecated_cache_argument(tiny):
         logits, _, value = policy(input_ids=ids, attention_mask=torch.ones_like(ids))
     assert value.shape == (1, 4)
     assert torch.equal(logits, policy.pretrained_model(input_ids=ids).logits)
+
+
+def test_importing_the_project_has_no_side_effects():
+    """train_ppo.py, reward.py, plot.py and every ppo_lm module, imported after the libraries (numpy, torch,
+    deepspeed and peft set filters and variables of their own): no environment variable, no warnings filter."""
+    result = run_python("import_side_effects.py")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.splitlines()[-1])
+    assert "train_ppo" in report["modules"] and "ppo_lm.launch" in report["modules"]
+    assert report["environment"] == [] and report["filters"] == []

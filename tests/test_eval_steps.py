@@ -5,32 +5,15 @@ import signal
 
 import pytest
 
-from conftest import run_launched, run_script, sigterm_to_rank_1_after
+from conftest import REWARDS, run_launched, run_script, sigterm_to_rank_1_after
 from ppo_lm.checkpoints import list_checkpoints
 from ppo_lm.metrics import read_metrics
 
-# `fading` scores lower on every call, so the first held-out evaluation is the best one
-REWARDS = '''
-from pathlib import Path
-
-def fading(prompts, responses, out="", **kwargs):
-    calls = Path(out, "calls")
-    n = int(calls.read_text()) + 1 if calls.exists() else 1
-    calls.write_text(str(n))
-    return [-float(n)] * len(responses)
-
-def slow_vader(prompts, responses, **kwargs):
-    import time
-    from reward import vader
-    time.sleep(0.3)
-    return vader(prompts, responses)
-'''
 
 
 @pytest.fixture
 def held_out(tmp_path):
     (tmp_path / "held_out.txt").write_text("The film was\nThe plot\nThe acting felt\nThis movie\n")
-    (tmp_path / "rewards.py").write_text(REWARDS)
     return {"eval_file": str(tmp_path / "held_out.txt"), "eval_steps": 2, "eval_samples": 3}
 
 
@@ -48,7 +31,7 @@ def test_eval_rows_leave_training_as_it_was(tiny_config, tmp_path, held_out):
     for a, b in zip(rows, read_metrics(tmp_path / "without" / "metrics.jsonl")):
         assert a["env/reward_mean"] == b["env/reward_mean"] and a["objective/kl"] == b["objective/kl"]
 
-    from plot import plot_frontier  # the frontier: drawn from the runs with held-out evaluations, None without
+    from ppo_lm.plots import plot_frontier  # the frontier: drawn from the runs with held-out evaluations, None without
 
     assert plot_frontier([tmp_path / "run", tmp_path / "without"], tmp_path / "f.png") == tmp_path / "f.png"
     assert (tmp_path / "f.png").stat().st_size > 10_000
@@ -56,7 +39,7 @@ def test_eval_rows_leave_training_as_it_was(tiny_config, tmp_path, held_out):
 
 
 def test_the_best_checkpoint_is_kept_and_named(tiny_config, tmp_path, held_out):
-    config = tiny_config(reward_fn=f"{tmp_path / 'rewards.py'}:fading", reward_kwargs={"out": str(tmp_path)},
+    config = tiny_config(reward_fn=f"{REWARDS}:fading", reward_kwargs={"out": str(tmp_path)},
                          steps=6, save_steps=100, save_total_limit=1, **held_out)
     result = run_script("--config", config)
     assert result.returncode == 0, result.stderr
@@ -67,7 +50,7 @@ def test_the_best_checkpoint_is_kept_and_named(tiny_config, tmp_path, held_out):
 
 
 def test_eval_steps_on_two_processes_and_a_resume(tiny_config, tmp_path, held_out):
-    config = tiny_config(reward_fn=f"{tmp_path / 'rewards.py'}:slow_vader", batch_size=8, mini_batch_size=4,
+    config = tiny_config(reward_fn=f"{REWARDS}:slow_vader", batch_size=8, mini_batch_size=4,
                          steps=6, save_steps=100, **held_out)
     out = tmp_path / "run"
 

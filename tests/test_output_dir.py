@@ -7,9 +7,10 @@ import shutil
 import subprocess
 
 import pytest
+from transformers import AutoModelForCausalLM
 
 import train_ppo
-from conftest import run_script, snapshot
+from conftest import REWARDS, run_script, snapshot
 from ppo_lm.errors import RunError
 
 # (id, the output_dir, other settings, start of the expected message). {tmp} is the test's scratch directory, which
@@ -51,8 +52,7 @@ def scratch(tiny, tmp_path):
         shutil.copy(tiny["data"], tmp_path / data / "reviews.jsonl")
     (tmp_path / "data" / "held_out.txt").write_text("The film was\nThe plot\n")
     (tmp_path / "rewards").mkdir()
-    (tmp_path / "rewards" / "mine.py").write_text(
-        "def shout(prompts, responses, **kwargs):\n    return [float(r.count('!')) for r in responses]\n")
+    shutil.copy(REWARDS, tmp_path / "rewards" / "mine.py")
     (tmp_path / "notes").mkdir()
     for name in ("a.txt", "b.txt", "config.json", "model.safetensors"):  # the last two are names a run writes
         (tmp_path / "notes" / name).write_text("mine")
@@ -119,3 +119,21 @@ def test_an_empty_output_dir_that_cannot_be_written_is_refused(scratch):
         assert e.value.code == 2 and not any(out.iterdir())
     finally:
         subprocess.run(["chattr", "-i", str(out)])
+
+
+def test_overwrite_removes_sharded_weights_and_keeps_the_users_files(copy_of_finished, faults, tiny):
+    out, _ = copy_of_finished
+    AutoModelForCausalLM.from_pretrained(tiny["policy"]).save_pretrained(out, max_shard_size="40KB")
+    shards = sorted(p.name for p in out.glob("model-*-of-*.safetensors"))
+    assert len(shards) > 1 and (out / "model.safetensors.index.json").is_file()
+    (out / "notes.txt").write_text("mine")
+    (out / "model-notes.txt").write_text("mine too")
+
+    result = run_script("--config", faults(steps=1), "--overwrite_output_dir")
+    assert result.returncode == 0, result.stderr
+    names = {p.name for p in out.iterdir()}
+    assert not set(shards) & names and "model.safetensors.index.json" not in names
+    assert {"notes.txt", "model-notes.txt", "model.safetensors", "checkpoint-1"} <= names
+    assert "checkpoint-2" not in names  # the earlier run's
+    assert not (out / ".replaced-run").exists()
+    assert AutoModelForCausalLM.from_pretrained(out).config.n_layer == 2

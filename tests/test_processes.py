@@ -9,33 +9,9 @@ import pytest
 from transformers import AutoModelForCausalLM
 
 from ppo_lm.checkpoints import list_checkpoints
-from conftest import ROOT, run_launched, sigterm_to_rank_1_after
+from conftest import REWARDS, ROOT, run_launched, sigterm_to_rank_1_after
 from ppo_lm.metrics import read_metrics
 
-# Each process records its pid and counts its calls: the first is the start-up check (two dataset prompts), then one
-# per step; `fails_on_rank_1` raises on rank 1's third call only (its own slice of step 2).
-REWARDS = '''
-import os
-from pathlib import Path
-
-def _call(out):
-    rank = os.environ["RANK"]
-    Path(out, f"pid-{rank}").write_text(str(os.getpid()))
-    calls = Path(out, f"calls-{rank}")
-    n = int(calls.read_text()) + 1 if calls.exists() else 1
-    calls.write_text(str(n))
-    return rank, n
-
-def words(prompts, responses, out="", **kwargs):
-    _call(out)
-    return [float(len(r.split())) for r in responses]
-
-def fails_on_rank_1(prompts, responses, out="", **kwargs):
-    rank, n = _call(out)
-    if rank == "1" and n == 3:
-        raise ValueError("rank 1 cannot score this")
-    return [float(len(r.split())) for r in responses]
-'''
 
 
 def run_two(config, *argv, on_start=None, timeout=240):
@@ -43,9 +19,8 @@ def run_two(config, *argv, on_start=None, timeout=240):
 
 
 def test_two_processes_split_the_batch_and_one_writes(tiny_config, tmp_path):
-    (tmp_path / "rewards.py").write_text(REWARDS)
     (tmp_path / "held_out.txt").write_text("The film was\nThe plot\n")
-    config = tiny_config(reward_fn=f"{tmp_path / 'rewards.py'}:words", reward_kwargs={"out": str(tmp_path)},
+    config = tiny_config(reward_fn=f"{REWARDS}:words", reward_kwargs={"out": str(tmp_path)},
                          batch_size=8, mini_batch_size=4, steps=3, save_steps=2,
                          eval_file=str(tmp_path / "held_out.txt"))
     codes, stderr = run_two(config)
@@ -59,12 +34,11 @@ def test_two_processes_split_the_batch_and_one_writes(tiny_config, tmp_path):
     assert stderr[0].count("saved the tuned policy") == 1 and "saved the tuned policy" not in stderr[1]
     assert [p.name for p in list_checkpoints(out)] == ["checkpoint-2", "checkpoint-3"]
     assert AutoModelForCausalLM.from_pretrained(out).config.n_layer == 2
-    assert f"held-out {tmp_path / 'rewards.py'}:words: mean" in stderr[0]  # evaluated by the main process alone
+    assert f"held-out {REWARDS}:words: mean" in stderr[0]  # evaluated by the main process alone
 
 
 def test_an_error_on_one_process_ends_both_with_one_line(tiny_config, tmp_path):
-    (tmp_path / "rewards.py").write_text(REWARDS)
-    config = tiny_config(reward_fn=f"{tmp_path / 'rewards.py'}:fails_on_rank_1", reward_kwargs={"out": str(tmp_path)},
+    config = tiny_config(reward_fn=f"{REWARDS}:fails_on_rank_1", reward_kwargs={"out": str(tmp_path)},
                          batch_size=8, mini_batch_size=4, steps=4, save_steps=1)
     start = time.time()
     codes, stderr = run_two(config, timeout=120)
@@ -82,8 +56,7 @@ def test_an_error_on_one_process_ends_both_with_one_line(tiny_config, tmp_path):
 def test_sigterm_to_one_process_checkpoints_once_and_the_resume_is_exact(tiny_config, tmp_path):
     """SIGTERM to rank 1 only: both processes checkpoint the same step and stop; the resumed run then logs the same
     rows as an uninterrupted run with the same seed (per-process RNG states, optimizer, beta, TRL's step counter)."""
-    (tmp_path / "rewards.py").write_text(REWARDS)
-    config = tiny_config(reward_fn=f"{tmp_path / 'rewards.py'}:words", reward_kwargs={"out": str(tmp_path)},
+    config = tiny_config(reward_fn=f"{REWARDS}:words", reward_kwargs={"out": str(tmp_path)},
                          batch_size=8, mini_batch_size=4, steps=8, save_steps=100)
     out = tmp_path / "run"
 

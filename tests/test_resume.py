@@ -10,22 +10,10 @@ import time
 import pytest
 import torch
 
-from conftest import ROOT, run_script
+from conftest import REWARDS, ROOT, run_script
 from ppo_lm.checkpoints import find_checkpoint, list_checkpoints
 from ppo_lm.metrics import read_metrics
 
-SLOW_REWARD = '''
-import time
-def slow(prompts, responses, **kwargs):
-    time.sleep(0.4)
-    return [float(len(r.split())) for r in responses]
-
-def overflows(prompts, responses, **kwargs):  # finite in Python, inf once squared in float32
-    return [3e38] * len(responses)
-
-def raises(prompts, responses, **kwargs):
-    return [1 / 0 if p.startswith("The ending") else 0.0 for p in prompts]
-'''
 
 
 def start(config, *argv):
@@ -43,8 +31,7 @@ def wait_for(condition, timeout=120):
 
 @pytest.fixture
 def slow_config(tiny_config, tmp_path):
-    (tmp_path / "slow_reward.py").write_text(SLOW_REWARD)
-    return tiny_config(reward_fn=f"{tmp_path / 'slow_reward.py'}:slow", steps=8, save_steps=2, save_total_limit=3)
+    return tiny_config(reward_fn=f"{REWARDS}:slow", steps=8, save_steps=2, save_total_limit=3)
 
 
 def optimizer_steps(checkpoint) -> int:
@@ -129,7 +116,7 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint(slow_config
     assert run_script("--config", slow_config, "--steps", "2").returncode == 0
     before = (out / "checkpoint-2" / "model.safetensors").read_bytes()
     result = run_script("--config", slow_config, "--steps", "4", "--resume_from_checkpoint", "latest",
-                        "--reward_fn", f"{tmp_path / 'slow_reward.py'}:overflows")
+                        "--reward_fn", f"{REWARDS}:overflows")
     assert result.returncode == 1, result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: step 3: ") and "training diverged" in last, last
@@ -146,3 +133,18 @@ def test_weights_blown_up_stop_the_run_in_one_line(slow_config, tmp_path):
     assert "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: step ") and "training diverged" in last, last
+
+
+def test_a_resume_on_another_number_of_processes_says_what_changes(copy_of_finished):
+    """A checkpoint written by a 2-process run (its trainer_state.json says so), resumed on 1 process: allowed, as
+    other settings may change on a resume, but one line says that each step's batch and the prompts' order change."""
+    out, config = copy_of_finished
+    state = json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())
+    assert state["num_processes"] == 1
+    (out / "checkpoint-2" / "trainer_state.json").write_text(json.dumps(state | {"num_processes": 2}))
+    result = run_script("--config", config, "--resume_from_checkpoint", "latest")
+    assert result.returncode == 0, result.stderr
+    assert ("note: checkpoint-2 was saved by a run on 2 process(es), and this one has 1: each step's batch is now "
+            "16 episodes (batch_size x processes) instead of 32, and the prompts come in another order from here on; "
+            "resume on 2 to continue the run exactly") in result.stderr.splitlines()
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [1, 2, 3]

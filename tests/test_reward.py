@@ -5,6 +5,7 @@ import math
 import pytest
 
 import reward
+from conftest import REWARDS, ROOT
 from ppo_lm.reward_contract import compute_rewards, load_reward_fn
 from ppo_lm.errors import RunError
 
@@ -43,11 +44,9 @@ def test_keyword_counts_words():
         [2.0, 0.0, 1.0]
 
 
-def test_load_reward_fn_by_name_and_by_file(tmp_path):
-    assert load_reward_fn("vader") is reward.vader
-    user = tmp_path / "my_rewards.py"
-    user.write_text("def shout(prompts, responses, **kw):\n    return [float(r.count('!')) for r in responses]\n")
-    fn = load_reward_fn(f"{user}:shout")
+def test_load_reward_fn_by_name_and_by_file():
+    assert load_reward_fn("vader", functions=reward) is reward.vader
+    fn = load_reward_fn(f"{REWARDS}:shout")
     assert compute_rewards(fn, ["a", "b"], ["hi!!", "no"], {}) == [2.0, 0.0]
 
 
@@ -57,20 +56,19 @@ def test_load_reward_fn_by_name_and_by_file(tmp_path):
 ])
 def test_load_reward_fn_errors(spec, message):
     with pytest.raises(RunError) as e:
-        load_reward_fn(spec)
+        load_reward_fn(spec, functions=reward)
     assert str(e.value).startswith(message) and e.value.code == 2
 
 
 def test_unknown_reward_lists_the_available_ones():
     available = r"available: \['keyword', 'sentiment_classifier', 'sentiment_positive', 'vader'\]$"
     with pytest.raises(RunError, match=available):
-        load_reward_fn("no_such_reward")
+        load_reward_fn("no_such_reward", functions=reward)
 
 
-def test_load_reward_fn_broken_file(tmp_path):
-    broken = tmp_path / "broken.py"
-    broken.write_text("import not_a_module\n")
-    with pytest.raises(RunError, match="importing .* failed: ModuleNotFoundError"):
+def test_load_reward_fn_broken_file():
+    broken = ROOT / "tests" / "reward_that_fails_to_import.py"
+    with pytest.raises(RunError, match="importing .* failed: ModuleNotFoundError: No module named 'not_a_module'"):
         load_reward_fn(f"{broken}:fn")
 
 

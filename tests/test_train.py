@@ -9,16 +9,9 @@ import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import AutoModelForCausalLMWithValueHead
 
-from conftest import GPU_MACHINE, ROOT, run_launched, run_script
+from conftest import REWARDS, GPU_MACHINE, ROOT, run_launched, run_script
 from ppo_lm.metrics import read_metrics
 
-BAD_REWARDS = '''
-def one_too_few(prompts, responses, **kwargs):
-    return [0.0] * (len(responses) - 1)
-
-def nan_at_3(prompts, responses, **kwargs):
-    return [float("nan") if i == 3 else 0.0 for i in range(len(responses))]
-'''
 
 
 def test_end_to_end_outputs(tiny_config, tmp_path):
@@ -77,7 +70,7 @@ def test_end_to_end_outputs(tiny_config, tmp_path):
     png = out / "training_curves.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     png.unlink()
-    from plot import plot_run
+    from ppo_lm.plots import plot_run
 
     assert plot_run(out) == png and png.stat().st_size > 10_000
 
@@ -88,9 +81,7 @@ def test_end_to_end_outputs(tiny_config, tmp_path):
     (["--reward_fn", "{bad}:nan_at_3"], "error: reward function 'nan_at_3' returned nan at index 3"),
 ])
 def test_user_errors_exit_2_with_one_line(tiny_config, tmp_path, argv, message):
-    bad = tmp_path / "bad_rewards.py"
-    bad.write_text(BAD_REWARDS)
-    result = run_script("--config", tiny_config(), *[a.format(bad=bad) for a in argv])
+    result = run_script("--config", tiny_config(), *[a.format(bad=REWARDS) for a in argv])
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith(message)
     assert "Traceback" not in result.stderr
@@ -251,10 +242,7 @@ def test_a_second_run_on_a_live_output_dir_is_refused(tiny_config, tmp_path):
 
     from conftest import ROOT
 
-    slow = tmp_path / "slow.py"
-    slow.write_text("import time\ndef slow(prompts, responses, **kw):\n    time.sleep(0.5)\n"
-                    "    return [0.0] * len(responses)\n")
-    config = tiny_config(reward_fn=f"{slow}:slow", steps=30)
+    config = tiny_config(reward_fn=f"{REWARDS}:slow", steps=30)
     first = subprocess.Popen([sys.executable, str(ROOT / "train_ppo.py"), "--config", str(config)], cwd=ROOT,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     out = tmp_path / "run"
@@ -283,8 +271,7 @@ def test_a_cpu_run_on_a_machine_with_a_gpu_leaves_the_gpu_alone(tiny_config, tmp
     import subprocess
     import sys
 
-    use_the_gpu = "import torch; print(torch.cuda.is_available()); torch.zeros(1).cuda()"
-    probe = subprocess.run([sys.executable, "-c", use_the_gpu], env={**os.environ, **GPU_MACHINE}, capture_output=True,
+    probe = subprocess.run([sys.executable, str(ROOT / "tests" / "scripts" / "use_the_gpu.py")], env={**os.environ, **GPU_MACHINE}, capture_output=True,
                            text=True)
     assert probe.stdout.strip() == "True" and "the GPU was used" in probe.stderr  # the fake machine works
     (tmp_path / "held_out.txt").write_text("The film was\nThe plot\nThe acting felt\n")
@@ -293,3 +280,30 @@ def test_a_cpu_run_on_a_machine_with_a_gpu_leaves_the_gpu_alone(tiny_config, tmp
     codes, stderr = run_launched(2, config, env=GPU_MACHINE)
     assert codes == [0, 0], stderr
     assert [r["step"] for r in read_metrics(tmp_path / "run/metrics.jsonl") if "eval/reward" in r] == [1, 2]
+
+
+def test_all_linear_adapts_every_linear_layer(faults, tmp_path):
+    out = tmp_path / "run"
+    config = faults(use_peft=True, lora_target_modules="all-linear", steps=1)
+    result = run_script("--config", config)
+    assert result.returncode == 0, result.stderr
+    adapted = json.loads((out / "adapter_config.json").read_text())["target_modules"]
+    # every Conv1D of the tiny GPT-2's 2 blocks (peft's all-linear; the output layer is left out)
+    assert len(adapted) == 8 and {name.rsplit(".", 1)[-1] for name in adapted} == {"c_attn", "c_proj", "c_fc"}
+
+
+def test_ref_model_and_biased_sampling_warning(faults, tiny, tmp_path):
+    """A separate reference model directory is loaded as the reference; sampling settings other than the policy's
+    own distribution are warned about."""
+    reference = AutoModelForCausalLM.from_pretrained(tiny["policy"])
+    torch.manual_seed(0)
+    with torch.no_grad():
+        reference.transformer.h[0].mlp.c_fc.weight.add_(torch.randn_like(reference.transformer.h[0].mlp.c_fc.weight))
+    reference.save_pretrained(tmp_path / "reference")
+    result = run_script("--config", faults(steps=1, ref_model_name_or_path=str(tmp_path / "reference"), top_k=5))
+    assert result.returncode == 0, result.stderr
+    assert "sample from a distribution other than the policy's" in result.stderr
+    assert "{'top_k': 5}" in result.stderr
+    # step 1's KL is measured before its update, with the policy still the tiny model itself: a KL above 0 can
+    # only come from the other reference
+    assert read_metrics(tmp_path / "run" / "metrics.jsonl")[0]["objective/kl"] > 0.01
