@@ -11,14 +11,15 @@ target (adaptive KL control), (4) we log. Settings: ScriptArguments below plus e
 trl.ModelConfig. The machinery (checks, checkpoints, outputs) lives in ppo_lm/, one concern a module.
 """
 
-if __name__ == "__main__":  # Ctrl-C while importing or loading models: one line and exit 130, not a traceback
+if __name__ == "__main__":  # before the imports: importing this file (tests, benchmarks) changes nothing
     from ppo_lm.errors import quiet_interrupts
+    from ppo_lm.launch import prepare_process
 
-    quiet_interrupts()
+    quiet_interrupts()  # Ctrl-C while importing or loading models: one line and exit 130, not a traceback
+    prepare_process()  # CUDA_VISIBLE_DEVICES / DS_ACCELERATOR for CPU runs, TRL's PPOv2 deprecation notice
 
 import errno
 import math
-import os
 import sys
 import time
 import warnings
@@ -26,20 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-warnings.filterwarnings("ignore", category=FutureWarning)  # TRL 0.11 marks PPOConfig/PPOTrainer deprecated
-if (os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes", "y", "t", "on")
-        or os.environ.get("DS_ACCELERATOR") == "cpu"):
-    # a CPU run (`accelerate launch --cpu`, or DeepSpeed on CPU processes) on a machine with a GPU: hide the GPU
-    # before torch sees it, or accelerate's barrier between processes would put a tensor on cuda:LOCAL_RANK (rank 1
-    # fails on a one-GPU machine)
-    os.environ["CUDA_VISIBLE_DEVICES"] = ""
-
-import torch  # noqa: E402
-
-if not torch.cuda.is_available():  # DeepSpeed, which TRL imports when it is installed, would warn it fell back to CPU
-    os.environ.setdefault("DS_ACCELERATOR", "cpu")
-
-from accelerate import PartialState  # noqa: E402
+import torch
+import transformers
+from accelerate import PartialState
 from accelerate.utils import parse_flag_from_env
 from datasets import disable_progress_bars
 from tqdm import tqdm
@@ -47,25 +37,25 @@ from trl import ModelConfig, PPOConfig, PPOTrainer, set_seed
 from trl.commands.cli_utils import TrlParser
 from trl.core import LengthSampler
 
-from plot import plot_run
+import reward
 from ppo_lm import zero
+from ppo_lm.checkpoints import find_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint, save_policy
 from ppo_lm.compat import trl_package_flags
-from ppo_lm.checkpoints import (find_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint, save_policy,
-                                 write_failed, writing)
 from ppo_lm.data import batch_indices, fit_prompts, load_texts, read_eval_prompts
-from ppo_lm.errors import RunError, exits_cleanly
+from ppo_lm.errors import RunError, exits_cleanly, first_line, write_failed, writing
 from ppo_lm.evaluation import DuringTraining, evaluate, evaluates_here, write_eval_report
 from ppo_lm.hub import push_to_hub
 from ppo_lm.kl_control import FlooredKLController
-from ppo_lm.metrics import (append_row, log_to_trackers, print_table, quiet_tracker_threads, read_metrics, scalar_stats,
-                            truncate_metrics)
+from ppo_lm.metrics import log_step, print_table, quiet_tracker_threads, read_metrics, step_row, truncate_metrics
 from ppo_lm.model_card import write_model_card
 from ppo_lm.models import load_policy_and_reference, load_tokenizer
 from ppo_lm.output_dir import NewRun, holds_earlier_run, lock_output_dir, recover_interrupted_start
+from ppo_lm.plots import plot_run
+from ppo_lm.processes import (agreed_stop, fail_together, finish, from_main_process,
+                              lost_processes_and_memory_are_one_line)
 from ppo_lm.reward_contract import ScoreMoments, compute_rewards, load_reward_fn
 from ppo_lm.run_config import check_resume_settings, run_settings
-from ppo_lm.stopping import (StopSignals, agreed_stop, finish, lost_processes_and_memory_are_one_line, main_says,
-                             resume_command, stopped, together)
+from ppo_lm.signals import StopSignals, resume_command, stopped
 from ppo_lm.validation import HONEST_SAMPLING, UNUSED_FIELDS, JsonDict, check_settings, check_values, parse_config
 
 
@@ -78,17 +68,33 @@ class ScriptArguments:
         default=True, metadata={"help": "Dropout off in policy and reference, so PPO ratios and KL are exact."})
     save_merged: bool = field(
         default=False, metadata={"help": "With use_peft, also save OUTPUT_DIR/merged: base + adapters in one model."})
-    # data: prompts are the first prompt_{min,max}_tokens tokens of each text
+    # data: prompts are each row's prompt_column whole, or else the first prompt_{min,max}_tokens tokens of each text
     dataset_name: str = field(
         default="stanfordnlp/imdb", metadata={"help": "Hub dataset id, or local .json/.jsonl/.csv/.txt file(s)."})
     dataset_split: str = field(default="train", metadata={"help": "Split of the dataset to draw prompts from."})
     text_column: str = field(default="text", metadata={"help": "Column holding the texts."})
     min_text_length: int = field(default=200, metadata={"help": "Drop texts shorter than this many characters."})
     prompt_min_tokens: int = field(default=2, metadata={"help": "Shortest prompt, in tokens (inclusive)."})
-    prompt_max_tokens: int = field(default=8, metadata={"help": "Longest prompt, in tokens (inclusive)."})
+    prompt_max_tokens: int = field(
+        default=8, metadata={"help": "Longest prompt, in tokens (inclusive); with prompt_column, longer ones are "
+                             "dropped (a count is printed)."})
+    prompt_column: Optional[str] = field(
+        default=None, metadata={"help": "Use each row's prompt whole: text, or a list of {role, content} messages "
+                                "(rendered with the tokenizer's chat template). Responses then end at EOS. Every other "
+                                "column reaches the reward functions as a keyword argument."})
+    chat_template: bool = field(
+        default=False, metadata={"help": "With prompt_column: wrap a plain-text prompt as one user turn of the chat "
+                                 "template."})
+    system_prompt: Optional[str] = field(
+        default=None, metadata={"help": "With a chat prompt: a system turn before the user's."})
     # generation: the defaults sample from the policy's own distribution, which keeps the KL estimate honest
     response_min_tokens: int = field(default=4, metadata={"help": "Shortest response, in tokens (inclusive)."})
     response_max_tokens: int = field(default=16, metadata={"help": "Longest response, in tokens (inclusive)."})
+    stop_strings: list[str] = field(
+        default_factory=list, metadata={"help": "With prompt_column: a response also ends after any of these."})
+    missing_eos_penalty: Optional[float] = field(
+        default=None, metadata={"help": "With prompt_column: added to the score of a response that reached "
+                                "response_max_tokens without ending (EOS or a stop string); e.g. -1.0."})
     one_length_per_batch: bool = field(
         default=False, metadata={"help": "One sampled response length per generate() call (the batch, unless "
                                  "generation_batch_size is smaller), as TRL's examples: generate() stops there, so "
@@ -207,25 +213,46 @@ def make_trainer(config: PPOConfig, policy, reference, tokenizer, args: ScriptAr
         if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):  # the tracker's first files
             raise write_failed("the tracker's logs", config.project_kwargs.get("logging_dir", args.output_dir), e,
                                args.output_dir, code=2) from None
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise RunError(f"accelerate refused the run's settings while PPOTrainer set up ({type(e).__name__}: {reason}); "
-                       "check accelerator_kwargs, project_kwargs, tracker_kwargs and log_with") from None
+        raise RunError(f"accelerate refused the run's settings while PPOTrainer set up ({type(e).__name__}: "
+                       f"{first_line(e)}); check accelerator_kwargs, project_kwargs, tracker_kwargs and log_with") from None
     if args.min_kl_coef is not None:  # check_settings: only with adap_kl_ctrl
         trainer.kl_ctl = FlooredKLController(config.init_kl_coef, config.target, config.horizon, args.min_kl_coef)
     trainer.running = ScoreMoments(trainer.accelerator)
     return trainer
 
 
+def generate(trainer: PPOTrainer, queries, args: ScriptArguments, response_length: LengthSampler,
+             generation_kwargs: dict, step: int) -> list:
+    """Responses to the queries (generate() left-pads each call's batch). Each is cut to its own sampled length: the
+    first n tokens of a longer sample are exactly a sample of n tokens. (one_length_per_batch: TRL's length_sampler,
+    one length per generate() call, as its examples.)"""
+    try:
+        responses = trainer.generate(queries, batch_size=args.generation_batch_size, return_prompt=False,
+                                     length_sampler=response_length if args.one_length_per_batch else None,
+                                     **generation_kwargs)
+    except RuntimeError as e:  # torch.multinomial on inf/NaN probabilities: the weights blew up
+        if "probability tensor" not in str(e):
+            raise
+        raise diverged(args.output_dir, step, "sampling found inf/NaN probabilities") from None
+    return responses if args.one_length_per_batch else [r[: response_length()] for r in responses]
+
+
 def ppo_step(trainer: PPOTrainer, queries, responses, scores: list[float]) -> tuple[dict, int]:
-    """trainer.step, and how many minibatches TRL skipped (its ratio_threshold warning); other warnings pass on."""
+    """trainer.step, and how many minibatches TRL skipped (its ratio_threshold warning); other warnings pass on, each
+    once per run (under ZeRO-3 the update's collectives would repeat torch's deprecation notices every step)."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         stats = trainer.step(queries, responses, [torch.tensor(s) for s in scores])
     skipped = sum("exceeds threshold" in str(w.message) for w in caught)
     for w in caught:
-        if "exceeds threshold" not in str(w.message):
+        seen = (str(w.message), w.category, w.filename, w.lineno)
+        if "exceeds threshold" not in str(w.message) and seen not in PASSED_ON:
+            PASSED_ON.add(seen)
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     return stats, skipped
+
+
+PASSED_ON: set[tuple] = set()  # the warnings ppo_step has passed on
 
 
 def diverged(output_dir: str, step: int, what: str) -> RunError:
@@ -298,16 +325,17 @@ def main(argv: list[str]) -> None:
     # `accelerate launch --cpu` (or ACCELERATE_USE_CPU set by hand); DeepSpeed on CPU processes needs gloo named
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"), **zero.process_group())
     disable_progress_bars()  # datasets' bars for filter/map; the PPO bar is the one to watch
+    transformers.utils.logging.disable_progress_bar()  # transformers 5's bars for loading and saving weights
     metrics_path = Path(args.output_dir, "metrics.jsonl")
 
     # Everything that can fail on bad input runs inside `together` (a failure on any process ends them all), and
     # before output_dir is touched.
-    with together(state):
+    with fail_together(state):
         if state.is_main_process:
             recover_interrupted_start(args.output_dir)
         checkpoint = resume_point(args, settings)
-        reward_fn = load_reward_fn(args.reward_fn)
-        judges = {spec: load_reward_fn(spec, "eval_reward_fns") for spec in args.eval_reward_fns}
+        reward_fn = load_reward_fn(args.reward_fn, functions=reward)
+        judges = {spec: load_reward_fn(spec, "eval_reward_fns", reward) for spec in args.eval_reward_fns}
 
         # ---- Models: policy with value head (from the checkpoint when resuming), frozen reference, tokenizer
         tokenizer, context = load_tokenizer(model_args, args.prompt_max_tokens, args.response_max_tokens)
@@ -333,7 +361,7 @@ def main(argv: list[str]) -> None:
     # --overwrite_output_dir replaces is kept aside until then)
     with (NewRun(args.output_dir, settings, active=state.is_main_process and not checkpoint) as new_run,
           StopSignals() as stop_signals):
-        with together(state):
+        with fail_together(state):
             trainer = make_trainer(config, policy, reference, tokenizer, args)
             start_step = 0
             if checkpoint:  # optimizer, beta, TRL's step counter, score moments and this process's RNGs
@@ -357,28 +385,14 @@ def main(argv: list[str]) -> None:
         progress = tqdm(range(start_step + 1, config.steps + 1), initial=start_step, total=config.steps,
                         desc="PPO", disable=not state.is_main_process, dynamic_ncols=True)
         for step in progress:
-            rows = batch_indices(len(dataset), config.batch_size, step, config.seed,
-                                 accelerator.process_index, accelerator.num_processes)
-            batch = dataset[rows]
+            batch = dataset[batch_indices(len(dataset), config.batch_size, step, config.seed,
+                                          accelerator.process_index, accelerator.num_processes)]
             queries = [torch.tensor(ids, device=accelerator.device) for ids in batch["input_ids"]]
-
-            with together(state):  # each process generates and scores its own slice: a reward error reaches all
-                # 1. Generate: the whole batch left-padded per generate() call. Each response is cut to its own
-                #    sampled length; the first n tokens of a longer sample are exactly a sample of n tokens.
-                #    (one_length_per_batch: TRL's length_sampler, one length per generate() call, as its examples.)
+            with fail_together(state):  # each process generates and scores its own slice: a reward error reaches all
+                # 1. Generate: the whole batch left-padded per generate() call, each response cut to its own length
                 t0 = time.perf_counter()
-                try:
-                    responses = trainer.generate(queries, batch_size=args.generation_batch_size, return_prompt=False,
-                                                 length_sampler=response_length if args.one_length_per_batch else None,
-                                                 **generation_kwargs)
-                except RuntimeError as e:  # torch.multinomial on inf/NaN probabilities: the weights blew up
-                    if "probability tensor" not in str(e):
-                        raise
-                    raise diverged(args.output_dir, step, "sampling found inf/NaN probabilities") from None
-                if not args.one_length_per_batch:
-                    responses = [r[: response_length()] for r in responses]
+                responses = generate(trainer, queries, args, response_length, generation_kwargs, step)
                 response_texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
-
                 # 2. Score
                 t1 = time.perf_counter()
                 scores = compute_rewards(reward_fn, batch["query"], response_texts, args.reward_kwargs)
@@ -386,39 +400,21 @@ def main(argv: list[str]) -> None:
             # 3. PPO step: KL-penalised rewards, advantages, ppo_epochs of minibatch updates, beta update
             t2 = time.perf_counter()
             stats, skipped = ppo_step(trainer, queries, responses, scores)
-            t3 = time.perf_counter()
+            seconds = {"generate": t1 - t0, "score": t2 - t1, "ppo_step": time.perf_counter() - t2}
 
-            # 4. Log: one metrics row per step, from statistics gathered over all processes
-            all_scores = accelerator.gather(torch.tensor(scores, device=accelerator.device)).float()
-            row = {"step": step, "env/episodes": len(all_scores), "env/reward_mean": all_scores.mean().item(),
-                   "env/reward_std": all_scores.std().item(), **scalar_stats(stats),
-                   "ppo/skipped_minibatches": skipped, "time/generate": t1 - t0, "time/score": t2 - t1,
-                   "time/ppo_step": t3 - t2}
-            if torch.cuda.is_available():  # this step's peak; memory that grows from step to step is a leak
-                row["memory/peak_gb"] = torch.cuda.max_memory_allocated() / 2**30
-                torch.cuda.reset_peak_memory_stats()
+            # 4. Log: one metrics row per step over all processes (held-out columns every eval_steps); every process
+            #    learns whether any has received a stop signal
+            row = step_row(accelerator, step, scores, stats, skipped, seconds)
             check_finite(row, trainable, args.output_dir)
             if held_out.due(step) and evaluates_here(accelerator):
-                row |= held_out.run(trainer, time.perf_counter() - started)  # the held-out prompts, every eval_steps
+                row |= held_out.run(trainer, time.perf_counter() - started)
             samples = {"prompt": batch["query"], "response": response_texts, "reward": scores} \
                 if args.sample_every and step % args.sample_every == 0 else None
-            # one gather: a failed write (a full disk) ends every process with one line, and a stop signal any
-            # process has received so far is agreed by all
-            with together(state, stop_signals) as logged:
-                if config.log_with:
-                    log_to_trackers(accelerator, row, samples, args.output_dir)
-                if state.is_main_process:
-                    append_row(metrics_path, row)
-                    progress.set_postfix(reward=f"{row['env/reward_mean']:.3f}", kl=f"{row['objective/kl']:.2f}",
-                                         beta=f"{trainer.kl_ctl.value:.3f}")
-                    if samples:
-                        print_table(f"samples at step {step}", list(samples), *samples.values())
+            stop_signal = log_step(accelerator, row, samples, metrics_path, stop_signals, progress, trainer.kl_ctl.value)
             new_run.started()  # the earlier run it replaces, if any, is deleted now
 
-            # 5. Checkpoint: on schedule, at a new best held-out evaluation (kept past save_total_limit), and at a
-            #    stop signal received at any point of this step (agreed by all, above)
-            stop_signal = logged.stop_signal
-            best = held_out.due(step) and main_says(state, held_out.is_new_best(row))
+            # 5. Checkpoint: on schedule, at a new best held-out evaluation, and at a stop signal
+            best = held_out.due(step) and from_main_process(state, held_out.is_new_best(row))
             if stop_signal or best or step % args.save_steps == 0 or step == config.steps:
                 path = save_checkpoint(accelerator, trainer, tokenizer, args.output_dir, step, args.save_total_limit,
                                        settings, keep=held_out.keep)
@@ -431,7 +427,7 @@ def main(argv: list[str]) -> None:
     # ---- Save: the tuned policy with its value head and the tokenizer, loadable both ways; then the reports
     try:
         save_policy(accelerator, trainer, tokenizer, args.output_dir)
-        with together(state):  # a failed write (a full disk) ends every process with one line
+        with fail_together(state):  # a failed write (a full disk) ends every process with one line
             if evaluates_here(accelerator):
                 report_run(trainer, tokenizer, args, model_args, settings, eval_prompts, held_out,
                            state.is_main_process)
