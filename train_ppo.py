@@ -41,7 +41,7 @@ import reward
 from ppo_lm import zero
 from ppo_lm.checkpoints import find_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint, save_policy
 from ppo_lm.compat import trl_package_flags
-from ppo_lm.data import batch_indices, fit_prompts, load_texts, read_eval_prompts
+from ppo_lm.data import batch_indices, read_eval_prompts
 from ppo_lm.errors import RunError, exits_cleanly, first_line, write_failed, writing
 from ppo_lm.evaluation import DuringTraining, evaluate, evaluates_here, write_eval_report
 from ppo_lm.hub import push_to_hub
@@ -51,6 +51,8 @@ from ppo_lm.model_card import write_model_card
 from ppo_lm.models import load_policy_and_reference, load_tokenizer
 from ppo_lm.output_dir import NewRun, holds_earlier_run, lock_output_dir, recover_interrupted_start
 from ppo_lm.plots import plot_run
+from ppo_lm.prompts import (check_columns, end_responses, held_out_prompts, text_prefixes, whole_prompts,
+                            with_columns)
 from ppo_lm.processes import (agreed_stop, fail_together, finish, from_main_process,
                               lost_processes_and_memory_are_one_line)
 from ppo_lm.reward_contract import ScoreMoments, compute_rewards, load_reward_fn
@@ -181,19 +183,6 @@ def resume_point(args: ScriptArguments, settings: dict) -> Optional[Path]:
     return None
 
 
-def load_prompts(args: ScriptArguments, tokenizer, seed: int):
-    """Texts -> prompts: the first 2-8 tokens (a random length per text, as in TRL's example)."""
-    texts = load_texts(args.dataset_name, args.dataset_split, args.text_column, args.min_text_length)
-    set_seed(seed)
-    prompt_length = LengthSampler(args.prompt_min_tokens, args.prompt_max_tokens + 1)
-
-    def tokenize(batch):
-        ids = [row[: prompt_length()] for row in tokenizer(batch[args.text_column])["input_ids"]]
-        return {"input_ids": ids, "query": tokenizer.batch_decode(ids, skip_special_tokens=True)}
-
-    return texts.map(tokenize, batched=True, remove_columns=texts.column_names, load_from_cache_file=False)
-
-
 def make_trainer(config: PPOConfig, policy, reference, tokenizer, args: ScriptArguments) -> PPOTrainer:
     """PPOTrainer, which builds accelerate's Accelerator and starts log_with's tracker: a value accelerate refuses
     there ends in one line. Beta gets its floor when min_kl_coef is set; the score moments of use_score_scaling are
@@ -221,11 +210,12 @@ def make_trainer(config: PPOConfig, policy, reference, tokenizer, args: ScriptAr
     return trainer
 
 
-def generate(trainer: PPOTrainer, queries, args: ScriptArguments, response_length: LengthSampler,
-             generation_kwargs: dict, step: int) -> list:
-    """Responses to the queries (generate() left-pads each call's batch). Each is cut to its own sampled length: the
-    first n tokens of a longer sample are exactly a sample of n tokens. (one_length_per_batch: TRL's length_sampler,
-    one length per generate() call, as its examples.)"""
+def generate(trainer: PPOTrainer, tokenizer, queries, args: ScriptArguments, response_length: LengthSampler,
+             generation_kwargs: dict, step: int) -> tuple[list, list[bool]]:
+    """Responses to the queries (generate() left-pads each call's batch), and whether each ended before the limit.
+    Text prefixes: each is cut to its own sampled length: the first n tokens of a longer sample are exactly a sample
+    of n tokens (one_length_per_batch: TRL's length_sampler, one length per generate() call, as its examples).
+    Whole prompts: each ends at its first EOS (kept), after a stop string, or at response_max_tokens."""
     try:
         responses = trainer.generate(queries, batch_size=args.generation_batch_size, return_prompt=False,
                                      length_sampler=response_length if args.one_length_per_batch else None,
@@ -234,7 +224,20 @@ def generate(trainer: PPOTrainer, queries, args: ScriptArguments, response_lengt
         if "probability tensor" not in str(e):
             raise
         raise diverged(args.output_dir, step, "sampling found inf/NaN probabilities") from None
-    return responses if args.one_length_per_batch else [r[: response_length()] for r in responses]
+    if args.prompt_column:
+        return end_responses(responses, tokenizer, args.stop_strings, args.response_max_tokens)
+    if not args.one_length_per_batch:
+        responses = [r[: response_length()] for r in responses]
+    return responses, [True] * len(responses)
+
+
+def score(reward_fn, batch: dict, response_texts: list[str], ended: list[bool], args: ScriptArguments) -> list[float]:
+    """The reward function on the batch's prompts and responses, with reward_kwargs and the batch's dataset columns;
+    missing_eos_penalty added where a response reached the limit without ending."""
+    scores = compute_rewards(reward_fn, batch["query"], response_texts, with_columns(args.reward_kwargs, batch))
+    if args.missing_eos_penalty is None:
+        return scores
+    return [s + (0.0 if done else args.missing_eos_penalty) for s, done in zip(scores, ended)]
 
 
 def ppo_step(trainer: PPOTrainer, queries, responses, scores: list[float]) -> tuple[dict, int]:
@@ -278,9 +281,11 @@ def held_out_evaluation(args, config, tokenizer, scorers: dict, generation_kwarg
     training sampling, lengths and seed, the training reward and the judges."""
     settings = {"tokenizer": tokenizer, "scorers": scorers, "reward_kwargs": args.reward_kwargs,
                 "generation_kwargs": generation_kwargs, "batch_size": args.generation_batch_size, "seed": config.seed,
-                "response_lengths": (args.response_min_tokens, args.response_max_tokens)}
-    return DuringTraining(args.eval_steps, (eval_prompts or [])[: args.eval_samples], settings, config.target,
-                          earlier_rows)
+                "response_lengths": (args.response_min_tokens, args.response_max_tokens),
+                "end_responses": (lambda responses: end_responses(responses, tokenizer, args.stop_strings,
+                                                                  args.response_max_tokens))
+                if args.prompt_column else None}
+    return DuringTraining(args.eval_steps, eval_prompts, settings, config.target, earlier_rows, args.eval_samples)
 
 
 def report_run(trainer, tokenizer, args, model_args, settings, eval_prompts, held_out: DuringTraining,
@@ -295,7 +300,7 @@ def report_run(trainer, tokenizer, args, model_args, settings, eval_prompts, hel
     with writing("the end-of-run report", output_dir, output_dir):
         if report:
             print_table("held-out prompts: reference (before) vs tuned policy (after)",
-                        ["prompt", "before", "reward", "after", "reward"], eval_prompts,
+                        ["prompt", "before", "reward", "after", "reward"], eval_prompts["query"],
                         report["before"]["responses"], report["before"][args.reward_fn]["scores"],
                         report["after"]["responses"], report["after"][args.reward_fn]["scores"], n=8)
             print(write_eval_report(report, output_dir), file=sys.stderr)
@@ -316,7 +321,8 @@ def main(argv: list[str]) -> None:
     # ---- Settings: parsed and checked (types, ranges, files) before anything is loaded or written
     args, config, model_args = parse_config(TrlParser((ScriptArguments, CheckedPPOConfig, CheckedModelConfig)), argv)
     check_settings(args, config, model_args)
-    eval_prompts = read_eval_prompts(args.eval_file) if args.eval_file else None
+    if args.eval_file and not args.prompt_column:  # checked before anything is loaded (whole prompts: once the
+        read_eval_prompts(args.eval_file)        # tokenizer is there to render them)
     settings = run_settings([model_args, args, config], DERIVED_PPO_FIELDS | set(UNUSED_FIELDS))
     # what trackers show as the run's model, data and reward (PPOConfig's own fields are TRL's example's)
     config.model_name, config.query_dataset, config.reward_model = \
@@ -339,21 +345,21 @@ def main(argv: list[str]) -> None:
 
         # ---- Models: policy with value head (from the checkpoint when resuming), frozen reference, tokenizer
         tokenizer, context = load_tokenizer(model_args, args.prompt_max_tokens, args.response_max_tokens)
-        if eval_prompts and context:  # room for the response, and a margin for text that re-tokenizes longer
-            eval_prompts = fit_prompts(eval_prompts, tokenizer, max(1, context - args.response_max_tokens - 8))
+        eval_prompts = held_out_prompts(args, tokenizer, context)
         policy, reference = load_policy_and_reference(model_args, checkpoint, args.ref_model_name_or_path,
                                                       args.disable_dropout, verbose=state.is_main_process)
 
         # ---- Data: prompts, in an order that is a pure function of (seed, step) so a resume continues it
-        dataset = load_prompts(args, tokenizer, config.seed)
+        dataset = whole_prompts(args, tokenizer) if args.prompt_column else text_prefixes(args, tokenizer, config.seed)
+        check_columns(dataset, args.reward_kwargs)
         if len(dataset) < config.batch_size * state.num_processes:
             raise RunError(f"the dataset has {len(dataset)} prompts, fewer than one batch "
                            f"(batch_size {config.batch_size} x {state.num_processes} processes); lower batch_size")
         # The reward function and the judges, called once on two prompts (as their own responses): a wrong model
         # path or label fails here, and their models are loaded once for the run
-        probe = dataset[:2]["query"]
+        probe = dataset[:2]  # with its columns: a column a function needs that the data lacks fails here
         for fn in [reward_fn, *judges.values()]:
-            compute_rewards(fn, probe, probe, args.reward_kwargs)
+            compute_rewards(fn, probe["query"], probe["query"], with_columns(args.reward_kwargs, probe))
         if state.is_main_process:  # one live run per output_dir; held until this process ends
             lock_output_dir(args.output_dir)
 
@@ -378,6 +384,9 @@ def main(argv: list[str]) -> None:
         response_length = LengthSampler(args.response_min_tokens, args.response_max_tokens + 1)
         generation_kwargs = {k: getattr(args, k) for k in HONEST_SAMPLING} | {
             "max_new_tokens": args.response_max_tokens, "pad_token_id": tokenizer.pad_token_id}
+        if args.prompt_column:  # answers end at EOS or a stop string; generate() stops once every row has ended
+            generation_kwargs |= {"eos_token_id": tokenizer.eos_token_id} | (
+                {"stop_strings": args.stop_strings, "tokenizer": tokenizer} if args.stop_strings else {})
         held_out = held_out_evaluation(args, config, tokenizer, {args.reward_fn: reward_fn} | judges, generation_kwargs,
                                        eval_prompts, read_metrics(metrics_path) if checkpoint else [])
         trainable = [p for p in trainer.model.parameters() if p.requires_grad]
@@ -389,13 +398,14 @@ def main(argv: list[str]) -> None:
                                           accelerator.process_index, accelerator.num_processes)]
             queries = [torch.tensor(ids, device=accelerator.device) for ids in batch["input_ids"]]
             with fail_together(state):  # each process generates and scores its own slice: a reward error reaches all
-                # 1. Generate: the whole batch left-padded per generate() call, each response cut to its own length
+                # 1. Generate: the whole batch left-padded per generate() call; each response cut to its own length
+                #    (text prefixes) or ended at EOS (whole prompts)
                 t0 = time.perf_counter()
-                responses = generate(trainer, queries, args, response_length, generation_kwargs, step)
+                responses, ended = generate(trainer, tokenizer, queries, args, response_length, generation_kwargs, step)
                 response_texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
                 # 2. Score
                 t1 = time.perf_counter()
-                scores = compute_rewards(reward_fn, batch["query"], response_texts, args.reward_kwargs)
+                scores = score(reward_fn, batch, response_texts, ended, args)
 
             # 3. PPO step: KL-penalised rewards, advantages, ppo_epochs of minibatch updates, beta update
             t2 = time.perf_counter()

@@ -12,16 +12,20 @@ from statistics import stdev
 import torch
 
 from ppo_lm import zero
+from ppo_lm.prompts import first_prompts, with_columns
 from ppo_lm.reward_contract import compute_rewards
 
 
-def evaluate(trainer, tokenizer, prompts: list[str], scorers: dict, reward_kwargs: dict, generation_kwargs: dict,
-             response_lengths: tuple[int, int], batch_size: int, seed: int, before: dict | None = None) -> dict:
+def evaluate(trainer, tokenizer, prompts: dict, scorers: dict, reward_kwargs: dict, generation_kwargs: dict,
+             response_lengths: tuple[int, int], batch_size: int, seed: int, before: dict | None = None,
+             end_responses=None) -> dict:
     """Scores before (reference) and after (tuned policy), and KL(policy || reference) on the policy's samples.
 
-    `scorers` maps a name to a reward function; the first is the training reward. Each response is cut to a length
-    drawn from `response_lengths` (inclusive), the same lengths before and after, so the KL here is the estimator
-    and the length distribution of the training KL (`objective/kl`). `before`, a report's "before" part from an
+    `prompts`: {"query": the prompts as the reward sees them, "input_ids": their tokens, and any dataset columns,
+    which reach the scorers as keyword arguments}. `scorers` maps a name to a reward function; the first is the
+    training reward. Each response is cut to a length drawn from `response_lengths` (inclusive), the same lengths
+    before and after, so the KL here is the estimator and the length distribution of the training KL
+    (`objective/kl`); with `end_responses` (whole prompts) each ends as in training instead. `before`, a report's "before" part from an
     earlier call on the same prompts and seed, is reused (the reference is frozen)."""
     # The bare models: one process evaluates, and a DDP forward would wait for the others. Under ZeRO-3 every process
     # evaluates in step through the engines (TRL gathers their weights to generate). With LoRA the reference is the
@@ -31,10 +35,12 @@ def evaluate(trainer, tokenizer, prompts: list[str], scorers: dict, reward_kwarg
     reference = policy if trainer.is_peft_model else unwrap(trainer.ref_model)
     as_reference = trainer.optional_peft_ctx
     device = trainer.accelerator.device
-    queries = [torch.tensor(ids, device=device) for ids in tokenizer(prompts)["input_ids"]]
+    queries = [torch.tensor(ids, device=device) for ids in prompts["input_ids"]]
+    shown, kwargs = prompts["query"], with_columns(reward_kwargs, prompts)
     low, high = response_lengths
     lengths = torch.randint(low, high + 1, (len(prompts),), generator=torch.Generator().manual_seed(seed)).tolist()
-    report, samples = {"prompts": prompts, "scorers": list(scorers), "response_tokens": [low, high]}, {}
+    report, samples = {"prompts": shown, "scorers": list(scorers), "response_tokens": [low, high],
+                       "ends_at_eos": end_responses is not None}, {}
     if before is not None:
         report["before"] = before
     for name, model, context in [("before", reference, as_reference), ("after", policy, nullcontext)]:
@@ -44,11 +50,11 @@ def evaluate(trainer, tokenizer, prompts: list[str], scorers: dict, reward_kwarg
         with context():
             generated = trainer._generate_batched(model, queries, batch_size=batch_size, return_prompt=False,
                                                   **generation_kwargs)
-        samples[name] = [r[:n] for r, n in zip(generated, lengths)]
+        samples[name] = end_responses(generated)[0] if end_responses else [r[:n] for r, n in zip(generated, lengths)]
         texts = tokenizer.batch_decode(samples[name], skip_special_tokens=True)
         report[name] = {"responses": texts}
         for scorer, fn in scorers.items():
-            scores = torch.tensor(compute_rewards(fn, prompts, texts, reward_kwargs))
+            scores = torch.tensor(compute_rewards(fn, shown, texts, kwargs))
             report[name][scorer] = {"scores": scores.tolist(), "mean": scores.mean().item(),
                                     "median": scores.median().item()}
     # TRL's KL estimator, as in objective/kl, on the tuned policy's samples: sum of log pi - log pi_ref per response
@@ -81,7 +87,8 @@ def write_eval_report(report: dict, output_dir, n_samples: int = 10) -> str:
                f"median {before[reward]['median']:+.3f} -> {after[reward]['median']:+.3f}"
                + "".join(f"; judge {j}: {before[j]['mean']:+.3f} -> {after[j]['mean']:+.3f}" for j in judges)
                + f"; KL(policy || reference) {report['kl']:.2f} nats on {len(report['prompts'])} prompts, "
-               f"responses of {low}-{high} tokens as in training")
+               + (f"responses ending at EOS or at {high} tokens as in training" if report.get("ends_at_eos") else
+                  f"responses of {low}-{high} tokens as in training"))
     hacked = [j for j in judges if delta[reward] > 0 and delta[j] <= 0]
     if hacked:
         summary += (f"\nwarning: the training reward rose ({delta[reward]:+.3f}) but the judge(s) {hacked} did not: "
@@ -132,8 +139,10 @@ class DuringTraining:
     it. `settings` are evaluate()'s, for the end-of-run report too; `best` is the row with the best held-out reward
     within the KL target (also over a resumed run's rows)."""
 
-    def __init__(self, every: int, prompts: list[str], settings: dict, target: float, earlier_rows: list[dict]):
-        self.every, self.prompts, self.settings, self.target = every, prompts, settings, target
+    def __init__(self, every: int, prompts: dict | None, settings: dict, target: float, earlier_rows: list[dict],
+                 samples: int):
+        self.every, self.settings, self.target = every, settings, target
+        self.prompts = first_prompts(prompts, samples) if prompts else None
         self.before = None
         self.best = best_evaluation(earlier_rows, target)
 

@@ -98,6 +98,39 @@ def build_policy(out: Path, size: str = "tiny", pretrain_steps: int = 150) -> Pa
     return out
 
 
+# A chat template for the tiny policy (role: content lines, then "assistant:"); its turns end at <|endoftext|>
+CHAT_TEMPLATE = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}<|endoftext|>{% endfor %}"
+                 "{% if add_generation_prompt %}assistant:{% endif %}")
+TOPICS = ["film", "plot", "cast", "music", "ending", "story", "actor", "scene"]
+
+
+def build_chat_policy(policy: Path, out: Path) -> Path:
+    """The tiny policy with a chat template in its tokenizer."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    shutil.copytree(policy, out)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def write_instructions(path: Path, n: int = 64, seed: int = 0) -> Path:
+    """Instructions with a checkable constraint, as a prompt dataset: `prompt` (text), `messages` (the same as a chat),
+    `keyword` (the word the answer should use) and `max_words`."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        topic, keyword = rng.choice(TOPICS), rng.choice(TOPICS)
+        prompt = f"Write about the {topic} and use the word {keyword}."
+        rows.append({"prompt": prompt, "messages": [{"role": "user", "content": prompt}], "keyword": keyword,
+                     "max_words": rng.randint(3, 12), "row": i})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
 def build_llama(out: Path) -> Path:
     """A tiny Llama-architecture causal LM (random weights) with the GPT-2-style tokenizer."""
     from transformers import LlamaConfig, LlamaForCausalLM

@@ -261,6 +261,15 @@ def check_settings(args, config, model_args) -> None:
     if args.eval_steps and not args.eval_file:
         raise RunError(f"eval_steps {args.eval_steps} evaluates on held-out prompts, but no eval_file is set: set "
                        "eval_file (one prompt per line), or eval_steps: 0")
+    if not args.prompt_column:
+        given = [name for name in ("chat_template", "system_prompt", "stop_strings", "missing_eos_penalty")
+                 if getattr(args, name)]
+        if given:
+            raise RunError(f"{given[0]} applies to whole prompts, which end at EOS: set prompt_column to the dataset's "
+                           f"column of prompts, or remove {given[0]}")
+    elif args.one_length_per_batch:
+        raise RunError("one_length_per_batch draws response lengths for text prefixes; with prompt_column responses "
+                       "end at EOS: remove one of them")
     zero.check(args.save_merged)
     if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
         raise RunError(f"output_dir '{args.output_dir}' is a file, not a directory: choose another output_dir")

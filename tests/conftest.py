@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 REWARDS = ROOT / "tests" / "rewards.py"  # the tests' reward functions: f"{REWARDS}:words"
 sys.path.insert(0, str(ROOT))
 
-from ppo_lm.tiny_models import build_classifier, build_policy, write_dataset  # noqa: E402
+from ppo_lm.tiny_models import (build_chat_policy, build_classifier, build_policy, write_dataset,  # noqa: E402
+                                write_instructions)
 
 
 @pytest.fixture(scope="session")
@@ -29,6 +30,23 @@ def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny")
     return {"policy": str(build_policy(root / "policy")), "classifier": str(build_classifier(root / "classifier")),
             "data": str(write_dataset(root / "reviews.jsonl"))}
+
+
+@pytest.fixture(scope="session")
+def tiny_chat(tiny, tmp_path_factory):
+    """The tiny policy with a chat template, and instruction datasets (prompt, messages, keyword, max_words, row):
+    64 rows to train on, 8 held out."""
+    root = tmp_path_factory.mktemp("tiny_chat")
+    return {"policy": str(build_chat_policy(Path(tiny["policy"]), root / "chat_policy")),
+            "data": str(write_instructions(root / "instructions.jsonl")),
+            "held_out": str(write_instructions(root / "held_out.jsonl", n=8, seed=1))}
+
+
+@pytest.fixture
+def chat_settings(tiny_chat):
+    """tiny_config's overrides for a whole-prompt run on the instructions, in the chat template."""
+    return {"model_name_or_path": tiny_chat["policy"], "dataset_name": tiny_chat["data"], "prompt_column": "messages",
+            "system_prompt": "Be brief.", "prompt_max_tokens": 64, "response_max_tokens": 12, "stop_strings": ["."]}
 
 
 @pytest.fixture
@@ -161,3 +179,14 @@ def copy_of_finished(finished, tiny_config, tmp_path):
     """(output_dir, config): the finished run in this test's output_dir, and a config that resumes it to step 3."""
     shutil.copytree(finished, tmp_path / "run")
     return tmp_path / "run", tiny_config(reward_fn="vader", steps=3)
+
+
+ROWS = ["env/reward_mean", "env/reward_std", "objective/kl", "objective/kl_coef", "ppo/loss/total",
+        "ppo/policy/approxkl", "tokens/responses_len_mean"]
+
+
+def assert_same_rows(resumed, uninterrupted, after_step):
+    assert [r["step"] for r in resumed] == [r["step"] for r in uninterrupted]
+    for a, b in zip(resumed[after_step:], uninterrupted[after_step:]):
+        for key in ROWS:
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), (a["step"], key)

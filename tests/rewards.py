@@ -221,3 +221,26 @@ def shout(prompts, responses, **kwargs):
 
 def divides_by_zero(prompts, responses, **kwargs):
     return [1 / 0 for _ in prompts]
+
+
+# whole prompts: the dataset's columns reach the reward as keyword lists, in the batch's order
+
+def uses_keyword(prompts, responses, keyword=(), row=(), out="", **kwargs):
+    """1 where the response uses the row's keyword. Checks that each keyword is the one of its own prompt (the columns
+    came in the batch's order) and records the rows it saw in OUT/rows-RANK (one line a call)."""
+    for prompt, word in zip(prompts, keyword, strict=True):
+        if f"use the word {word}." not in prompt:
+            raise ValueError(f"keyword {word!r} is not the one of prompt {prompt!r}")
+    if out:
+        with Path(out, f"rows-{os.environ.get('RANK', '0')}").open("a") as f:
+            f.write(" ".join(map(str, row)) + "\n")
+    return [float(word in response.split()) for response, word in zip(responses, keyword)]
+
+
+def zero(prompts, responses, **kwargs):
+    return [0.0] * len(responses)
+
+
+def needs_answer(prompts, responses, *, answer, **kwargs):
+    """Needs the dataset's `answer` column (a column the instructions lack: the start-up probe must say so)."""
+    return [float(a in r) for a, r in zip(answer, responses)]

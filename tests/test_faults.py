@@ -16,20 +16,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from conftest import ROOT, last_line, run_launched, run_script, snapshot
+from conftest import ROOT, assert_same_rows, last_line, run_launched, run_script, snapshot
 from ppo_lm.checkpoints import list_checkpoints
 from ppo_lm.metrics import read_metrics
-
-ROWS = ["env/reward_mean", "env/reward_std", "objective/kl", "objective/kl_coef", "ppo/loss/total",
-        "ppo/policy/approxkl", "tokens/responses_len_mean"]
-
-
-def assert_same_rows(resumed, uninterrupted, after_step):
-    assert [r["step"] for r in resumed] == [r["step"] for r in uninterrupted]
-    for a, b in zip(resumed[after_step:], uninterrupted[after_step:]):
-        for key in ROWS:
-            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), (a["step"], key)
-
 
 def test_a_failed_overwrite_start_keeps_the_earlier_run(copy_of_finished, faults):
     """--overwrite_output_dir, then a kill -9 before the first step is logged: the earlier run is aside, not gone,
