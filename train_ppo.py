@@ -55,7 +55,7 @@ from ppo_lm.prompts import (check_columns, end_responses, held_out_prompts, text
                             with_columns)
 from ppo_lm.processes import (agreed_stop, fail_together, finish, from_main_process,
                               lost_processes_and_memory_are_one_line)
-from ppo_lm.reward_contract import ScoreMoments, compute_rewards, load_reward_fn
+from ppo_lm.reward_contract import ScoreMoments, WeightedRewards, compute_rewards, load_reward_fn
 from ppo_lm.run_config import check_resume_settings, run_settings
 from ppo_lm.signals import StopSignals, resume_command, stopped
 from ppo_lm.validation import HONEST_SAMPLING, UNUSED_FIELDS, JsonDict, check_settings, check_values, parse_config
@@ -109,8 +109,12 @@ class ScriptArguments:
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature."})
     min_length: int = field(default=-1, metadata={"help": "generate() min_length; -1 = no minimum."})
     # reward
-    reward_fn: str = field(
-        default="sentiment_classifier", metadata={"help": "Function in reward.py, or path/to/file.py:function."})
+    reward_fn: list[str] = field(
+        default_factory=lambda: ["sentiment_classifier"],
+        metadata={"help": "Function(s) in reward.py, or path/to/file.py:function; several: the score is their "
+                  "weighted sum (reward_weights), each logged as env/reward/NAME."})
+    reward_weights: list[float] = field(
+        default_factory=list, metadata={"help": "One weight per reward_fn (default: all 1.0); 0 = logged only."})
     reward_kwargs: JsonDict = field(
         default_factory=JsonDict,
         metadata={"help": "Keyword arguments for the reward function (YAML mapping or JSON)."})
@@ -231,13 +235,16 @@ def generate(trainer: PPOTrainer, tokenizer, queries, args: ScriptArguments, res
     return responses, [True] * len(responses)
 
 
-def score(reward_fn, batch: dict, response_texts: list[str], ended: list[bool], args: ScriptArguments) -> list[float]:
-    """The reward function on the batch's prompts and responses, with reward_kwargs and the batch's dataset columns;
-    missing_eos_penalty added where a response reached the limit without ending."""
-    scores = compute_rewards(reward_fn, batch["query"], response_texts, with_columns(args.reward_kwargs, batch))
-    if args.missing_eos_penalty is None:
-        return scores
-    return [s + (0.0 if done else args.missing_eos_penalty) for s, done in zip(scores, ended)]
+def score(reward_fn: WeightedRewards, batch: dict, response_texts: list[str], ended: list[bool],
+          args: ScriptArguments) -> tuple[list[float], dict[str, list[float]]]:
+    """The reward functions on the batch's prompts and responses, with reward_kwargs and the batch's dataset columns:
+    their weighted sum, missing_eos_penalty added where a response reached the limit without ending; and each
+    function's own scores."""
+    parts = reward_fn.parts(batch["query"], response_texts, with_columns(args.reward_kwargs, batch))
+    scores = reward_fn.total(parts)
+    if args.missing_eos_penalty is not None:
+        scores = [s + (0.0 if done else args.missing_eos_penalty) for s, done in zip(scores, ended)]
+    return scores, parts
 
 
 def ppo_step(trainer: PPOTrainer, queries, responses, scores: list[float]) -> tuple[dict, int]:
@@ -275,16 +282,23 @@ def check_finite(row: dict, trainable: list, output_dir: str) -> None:
         raise diverged(output_dir, row["step"], bad[0])
 
 
-def held_out_evaluation(args, config, tokenizer, scorers: dict, generation_kwargs: dict, eval_prompts,
-                        earlier_rows: list[dict]) -> DuringTraining:
+def scorers(reward_fn: WeightedRewards, judges: dict) -> dict:
+    """What the held-out evaluation scores: the training reward first, then each of its functions when it has
+    several, then the judges."""
+    return {reward_fn.__name__: reward_fn} | (reward_fn.fns if len(reward_fn.fns) > 1 else {}) | judges
+
+
+def held_out_evaluation(args, config, tokenizer, reward_fn: WeightedRewards, judges: dict, generation_kwargs: dict,
+                        eval_prompts, earlier_rows: list[dict]) -> DuringTraining:
     """The held-out measurement, every eval_steps on the first eval_samples prompts and at the end on all: the
     training sampling, lengths and seed, the training reward and the judges."""
-    settings = {"tokenizer": tokenizer, "scorers": scorers, "reward_kwargs": args.reward_kwargs,
+    settings = {"tokenizer": tokenizer, "scorers": scorers(reward_fn, judges), "reward_kwargs": args.reward_kwargs,
                 "generation_kwargs": generation_kwargs, "batch_size": args.generation_batch_size, "seed": config.seed,
                 "response_lengths": (args.response_min_tokens, args.response_max_tokens),
                 "end_responses": (lambda responses: end_responses(responses, tokenizer, args.stop_strings,
                                                                   args.response_max_tokens))
-                if args.prompt_column else None}
+                if args.prompt_column else None,
+                "components": reward_fn.weights if len(reward_fn.fns) > 1 else None}
     return DuringTraining(args.eval_steps, eval_prompts, settings, config.target, earlier_rows, args.eval_samples)
 
 
@@ -301,8 +315,8 @@ def report_run(trainer, tokenizer, args, model_args, settings, eval_prompts, hel
         if report:
             print_table("held-out prompts: reference (before) vs tuned policy (after)",
                         ["prompt", "before", "reward", "after", "reward"], eval_prompts["query"],
-                        report["before"]["responses"], report["before"][args.reward_fn]["scores"],
-                        report["after"]["responses"], report["after"][args.reward_fn]["scores"], n=8)
+                        report["before"]["responses"], report["before"][report["scorers"][0]]["scores"],
+                        report["after"]["responses"], report["after"][report["scorers"][0]]["scores"], n=8)
             print(write_eval_report(report, output_dir), file=sys.stderr)
         print(f"training curves: {plot_run(output_dir)}", file=sys.stderr)
         eval_md = (output_dir / "eval.md").read_text() if report else None
@@ -326,7 +340,7 @@ def main(argv: list[str]) -> None:
     settings = run_settings([model_args, args, config], DERIVED_PPO_FIELDS | set(UNUSED_FIELDS))
     # what trackers show as the run's model, data and reward (PPOConfig's own fields are TRL's example's)
     config.model_name, config.query_dataset, config.reward_model = \
-        model_args.model_name_or_path, args.dataset_name, args.reward_fn
+        model_args.model_name_or_path, args.dataset_name, " + ".join(args.reward_fn)
     set_seed(config.seed)  # before any model is built: a fresh value head's initial weights come from this seed
     # `accelerate launch --cpu` (or ACCELERATE_USE_CPU set by hand); DeepSpeed on CPU processes needs gloo named
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"), **zero.process_group())
@@ -340,7 +354,8 @@ def main(argv: list[str]) -> None:
         if state.is_main_process:
             recover_interrupted_start(args.output_dir)
         checkpoint = resume_point(args, settings)
-        reward_fn = load_reward_fn(args.reward_fn, functions=reward)
+        reward_fn = WeightedRewards({spec: load_reward_fn(spec, "reward_fn", reward) for spec in args.reward_fn},
+                                    args.reward_weights or [1.0] * len(args.reward_fn))
         judges = {spec: load_reward_fn(spec, "eval_reward_fns", reward) for spec in args.eval_reward_fns}
 
         # ---- Models: policy with value head (from the checkpoint when resuming), frozen reference, tokenizer
@@ -358,7 +373,7 @@ def main(argv: list[str]) -> None:
         # The reward function and the judges, called once on two prompts (as their own responses): a wrong model
         # path or label fails here, and their models are loaded once for the run
         probe = dataset[:2]  # with its columns: a column a function needs that the data lacks fails here
-        for fn in [reward_fn, *judges.values()]:
+        for fn in [*reward_fn.fns.values(), *judges.values()]:
             compute_rewards(fn, probe["query"], probe["query"], with_columns(args.reward_kwargs, probe))
         if state.is_main_process:  # one live run per output_dir; held until this process ends
             lock_output_dir(args.output_dir)
@@ -387,7 +402,7 @@ def main(argv: list[str]) -> None:
         if args.prompt_column:  # answers end at EOS or a stop string; generate() stops once every row has ended
             generation_kwargs |= {"eos_token_id": tokenizer.eos_token_id} | (
                 {"stop_strings": args.stop_strings, "tokenizer": tokenizer} if args.stop_strings else {})
-        held_out = held_out_evaluation(args, config, tokenizer, {args.reward_fn: reward_fn} | judges, generation_kwargs,
+        held_out = held_out_evaluation(args, config, tokenizer, reward_fn, judges, generation_kwargs,
                                        eval_prompts, read_metrics(metrics_path) if checkpoint else [])
         trainable = [p for p in trainer.model.parameters() if p.requires_grad]
         started = time.perf_counter()
@@ -405,7 +420,7 @@ def main(argv: list[str]) -> None:
                 response_texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
                 # 2. Score
                 t1 = time.perf_counter()
-                scores = score(reward_fn, batch, response_texts, ended, args)
+                scores, parts = score(reward_fn, batch, response_texts, ended, args)
 
             # 3. PPO step: KL-penalised rewards, advantages, ppo_epochs of minibatch updates, beta update
             t2 = time.perf_counter()
@@ -414,7 +429,7 @@ def main(argv: list[str]) -> None:
 
             # 4. Log: one metrics row per step over all processes (held-out columns every eval_steps); every process
             #    learns whether any has received a stop signal
-            row = step_row(accelerator, step, scores, stats, skipped, seconds)
+            row = step_row(accelerator, step, scores, parts, stats, skipped, seconds)
             check_finite(row, trainable, args.output_dir)
             if held_out.due(step) and evaluates_here(accelerator):
                 row |= held_out.run(trainer, time.perf_counter() - started)

@@ -18,14 +18,15 @@ from ppo_lm.reward_contract import compute_rewards
 
 def evaluate(trainer, tokenizer, prompts: dict, scorers: dict, reward_kwargs: dict, generation_kwargs: dict,
              response_lengths: tuple[int, int], batch_size: int, seed: int, before: dict | None = None,
-             end_responses=None) -> dict:
+             end_responses=None, components: dict | None = None) -> dict:
     """Scores before (reference) and after (tuned policy), and KL(policy || reference) on the policy's samples.
 
     `prompts`: {"query": the prompts as the reward sees them, "input_ids": their tokens, and any dataset columns,
     which reach the scorers as keyword arguments}. `scorers` maps a name to a reward function; the first is the
     training reward. Each response is cut to a length drawn from `response_lengths` (inclusive), the same lengths
     before and after, so the KL here is the estimator and the length distribution of the training KL
-    (`objective/kl`); with `end_responses` (whole prompts) each ends as in training instead. `before`, a report's "before" part from an
+    (`objective/kl`); with `end_responses` (whole prompts) each ends as in training instead. `components`: the
+    weights of the training reward's functions, when it has several (each is also a scorer, after the first). `before`, a report's "before" part from an
     earlier call on the same prompts and seed, is reused (the reference is frozen)."""
     # The bare models: one process evaluates, and a DDP forward would wait for the others. Under ZeRO-3 every process
     # evaluates in step through the engines (TRL gathers their weights to generate). With LoRA the reference is the
@@ -40,7 +41,7 @@ def evaluate(trainer, tokenizer, prompts: dict, scorers: dict, reward_kwargs: di
     low, high = response_lengths
     lengths = torch.randint(low, high + 1, (len(prompts),), generator=torch.Generator().manual_seed(seed)).tolist()
     report, samples = {"prompts": shown, "scorers": list(scorers), "response_tokens": [low, high],
-                       "ends_at_eos": end_responses is not None}, {}
+                       "ends_at_eos": end_responses is not None, "components": components or {}}, {}
     if before is not None:
         report["before"] = before
     for name, model, context in [("before", reference, as_reference), ("after", policy, nullcontext)]:
@@ -78,7 +79,9 @@ def change_se(before: list[float], after: list[float]) -> float:
 def write_eval_report(report: dict, output_dir, n_samples: int = 10) -> str:
     """eval.json (all samples) and eval.md (summary, per-scorer table, samples); returns the summary."""
     before, after = report["before"], report["after"]
-    reward, *judges = report["scorers"]
+    reward, *others = report["scorers"]
+    components = report.get("components", {})
+    judges = [s for s in others if s not in components]
     low, high = report["response_tokens"]
     delta = {s: after[s]["mean"] - before[s]["mean"] for s in report["scorers"]}
     report["change_se"] = se = {s: change_se(before[s]["scores"], after[s]["scores"]) for s in report["scorers"]}
@@ -94,7 +97,8 @@ def write_eval_report(report: dict, output_dir, n_samples: int = 10) -> str:
         summary += (f"\nwarning: the training reward rose ({delta[reward]:+.3f}) but the judge(s) {hacked} did not: "
                     "the policy may be exploiting the reward function (reward hacking); read the samples")
     report["reward_hacking_suspected"] = bool(hacked)
-    table = "".join(f"| {s}{' (training reward)' if s == reward else ' (judge)'} | {before[s]['mean']:+.3f} | "
+    role = {reward: " (training reward)"} | {c: f" (reward function, weight {w:g})" for c, w in components.items()}
+    table = "".join(f"| {s}{role.get(s, ' (judge)')} | {before[s]['mean']:+.3f} | "
                     f"{after[s]['mean']:+.3f} | {delta[s]:+.3f} | {se[s]:.3f} | {before[s]['median']:+.3f} | "
                     f"{after[s]['median']:+.3f} |\n" for s in report["scorers"])
     rows = [f"| {p} | {b} | {before_r:+.3f} | {a} | {after_r:+.3f} |".replace("\n", " ")
@@ -120,9 +124,11 @@ def held_out_row(report: dict, seconds: float) -> dict:
     """A held-out evaluation during training, as metrics columns: the training reward's mean (eval/reward) and the
     reference's on the same prompts (eval/reward_reference, the same in every row), each judge's (eval/JUDGE), the
     KL, and the wall time since the run started."""
-    reward, *judges = report["scorers"]
+    reward, *others = report["scorers"]
+    components = report.get("components", {})
     return {"eval/reward": report["after"][reward]["mean"], "eval/reward_reference": report["before"][reward]["mean"],
-            **{f"eval/{j}": report["after"][j]["mean"] for j in judges}, "eval/kl": report["kl"],
+            **{(f"eval/reward/{s}" if s in components else f"eval/{s}"): report["after"][s]["mean"] for s in others},
+            "eval/kl": report["kl"],
             "eval/seconds": seconds}
 
 

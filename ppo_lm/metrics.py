@@ -20,13 +20,18 @@ def scalar_stats(stats: dict) -> dict:
     return {k: float(v) for k, v in convert_to_scalar(stats).items() if isinstance(v, numbers.Real)}
 
 
-def step_row(accelerator, step: int, scores: list[float], stats: dict, skipped: int, seconds: dict) -> dict:
-    """The step's metrics row: the scores gathered from every process (env/...), TRL's statistics, the minibatches
-    TRL skipped, the seconds of each phase (time/...) and, on a GPU, the step's peak memory (memory that grows from
-    step to step is a leak)."""
-    all_scores = accelerator.gather(torch.tensor(scores, device=accelerator.device)).float()
+def step_row(accelerator, step: int, scores: list[float], parts: dict[str, list[float]], stats: dict, skipped: int,
+             seconds: dict) -> dict:
+    """The step's metrics row: the scores gathered from every process (env/..., and each reward function's mean,
+    env/reward/NAME), TRL's statistics, the minibatches TRL skipped, the seconds of each phase (time/...) and, on a
+    GPU, the step's peak memory (memory that grows from step to step is a leak). One gather for all of them."""
+    columns = torch.tensor([scores, *parts.values()], device=accelerator.device).T  # (episodes, 1 + functions)
+    gathered = accelerator.gather(columns).float()
+    all_scores = gathered[:, 0]
     row = {"step": step, "env/episodes": len(all_scores), "env/reward_mean": all_scores.mean().item(),
-           "env/reward_std": all_scores.std().item(), **scalar_stats(stats), "ppo/skipped_minibatches": skipped,
+           "env/reward_std": all_scores.std().item(),
+           **{f"env/reward/{name}": gathered[:, i].mean().item() for i, name in enumerate(parts, 1)},
+           **scalar_stats(stats), "ppo/skipped_minibatches": skipped,
            **{f"time/{phase}": s for phase, s in seconds.items()}}
     if torch.cuda.is_available():
         row["memory/peak_gb"] = torch.cuda.max_memory_allocated() / 2**30

@@ -29,6 +29,20 @@ def write_model_card(output_dir, settings: dict, eval_md: str | None, best: dict
                     f"{settings['eval_steps']} steps on {settings['eval_samples']} prompts): step {best['step']}, "
                     f"reward {best['eval/reward']:+.3f} at KL {best['eval/kl']:.2f} (target {settings['target']}); its "
                     f"checkpoint, `checkpoint-{best['step']}`, is kept.\n")
+    fns, weights = settings["reward_fn"], settings.get("reward_weights") or []
+    fns = fns if isinstance(fns, list) else [fns]
+    reward = " + ".join(f"{w:g} x `{f}`" for f, w in zip(fns, weights)) if weights else " + ".join(f"`{f}`" for f in fns)
+    reward += f" with `{json.dumps(settings['reward_kwargs'])}`"
+    if settings.get("prompt_column"):
+        prompts = (f"column `{settings['prompt_column']}` of `{settings['dataset_name']}`, whole"
+                   + (" in the chat template" if settings.get("chat_template") else "")
+                   + f"; responses end at EOS or after {settings['response_max_tokens']} tokens")
+    else:
+        prompts = (f"the first {settings['prompt_min_tokens']}-{settings['prompt_max_tokens']} tokens of the texts in "
+                   f"`{settings['dataset_name']}` (column `{settings['text_column']}`); responses of "
+                   f"{settings['response_min_tokens']}-{settings['response_max_tokens']} tokens, sampled from the "
+                   "policy (" + ("one length drawn per batch" if settings['one_length_per_batch'] else
+                                 "a length drawn per response") + ")")
     card = ModelCard(f"""---
 {data.to_yaml()}
 ---
@@ -38,11 +52,8 @@ def write_model_card(output_dir, settings: dict, eval_md: str | None, best: dict
 `{base}` fine-tuned with PPO (TRL 0.11.4 `PPOTrainer`, adaptive KL control) by `train_ppo.py`
 {"as LoRA adapters (the reference is the base model with the adapters off)" if peft else "(all weights)"}.
 
-- **Reward:** `{settings['reward_fn']}` with `{json.dumps(settings['reward_kwargs'])}`
-- **Prompts:** the first {settings['prompt_min_tokens']}-{settings['prompt_max_tokens']} tokens of the texts in
-  `{settings['dataset_name']}` (column `{settings['text_column']}`); responses of
-  {settings['response_min_tokens']}-{settings['response_max_tokens']} tokens, sampled from the policy
-  ({"one length drawn per batch" if settings['one_length_per_batch'] else "a length drawn per response"}).
+- **Reward:** {reward}
+- **Prompts:** {prompts}
 
 | setting | value |
 |---|---|

@@ -77,7 +77,7 @@ def read_paths(args, model_args) -> list[tuple[str, Path, bool]]:
     named += [(f"reward_kwargs {key}", value) for key, value in args.reward_kwargs.items() if isinstance(value, str)
               and (os.path.isfile(value) or os.path.isfile(os.path.join(value, "config.json")))]
     named += [("dataset_name", f) for f in args.dataset_name.split(",")] + [("eval_file", args.eval_file)]
-    named += [(setting, spec.rsplit(":", 1)[0]) for setting, specs in [("reward_fn", [args.reward_fn]),
+    named += [(setting, spec.rsplit(":", 1)[0]) for setting, specs in [("reward_fn", args.reward_fn),
                                                                       ("eval_reward_fns", args.eval_reward_fns)]
               for spec in specs if ":" in spec]
     return [(setting, Path(value).resolve(), os.path.isdir(value)) for setting, value in named

@@ -74,6 +74,30 @@ def compute_rewards(fn, prompts: list[str], responses: list[str], kwargs: dict) 
     return [float(s) for s in scores]
 
 
+class WeightedRewards:
+    """The training reward: one or several reward functions, the score their weighted sum (reward_fn, reward_weights).
+    Each function is called under the contract, so an error names it; `parts` keeps each one's own scores, which are
+    logged (env/reward/NAME) and reported (weight 0: logged only). One function of weight 1 scores exactly as itself."""
+
+    def __init__(self, fns: dict, weights: list[float]):
+        self.fns, self.weights = fns, dict(zip(fns, weights))
+        names = list(fns)
+        self.__name__ = names[0] if len(names) == 1 and weights[0] == 1.0 else " + ".join(
+            f"{w:g} x {name}" for name, w in self.weights.items())
+
+    def parts(self, prompts: list[str], responses: list[str], kwargs: dict) -> dict[str, list[float]]:
+        return {name: compute_rewards(fn, prompts, responses, kwargs) for name, fn in self.fns.items()}
+
+    def total(self, parts: dict[str, list[float]]) -> list[float]:
+        if len(parts) == 1 and next(iter(self.weights.values())) == 1.0:
+            return next(iter(parts.values()))
+        return [sum(self.weights[name] * scores[i] for name, scores in parts.items())
+                for i in range(len(next(iter(parts.values()))))]
+
+    def __call__(self, prompts, responses, **kwargs) -> list[float]:
+        return self.total(self.parts(prompts, responses, kwargs))
+
+
 class ScoreMoments(RunningMoments):
     """TRL's running score moments for use_score_scaling, kept as tensors. trl 0.11.4's RunningMoments.update stores
     them as floats, and PPOTrainer.step then calls .to() on them, so use_score_scaling fails at its first step."""

@@ -8,6 +8,7 @@ import difflib
 import importlib.util
 import inspect
 import json
+import math
 import os
 import re
 import sys
@@ -184,10 +185,16 @@ def check_types(*dataclass_objects) -> None:
                     raise RunError(f"setting '{f.name}' must be a mapping (YAML) or a JSON object (command line), "
                                    f"got {value!r}")
             elif typing.get_origin(kind) is list:
-                if isinstance(value, str):
+                item = (typing.get_args(kind) or (str,))[0]
+                if isinstance(value, (str, int, float)) and not isinstance(value, bool):
                     setattr(obj, f.name, value := [value])
-                if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                    raise RunError(f"setting '{f.name}' must be a list of names, got {value!r}")
+                if item is float and isinstance(value, list):
+                    value = [float(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in value]
+                    setattr(obj, f.name, value)
+                if not isinstance(value, list) or not all(isinstance(v, item) and not isinstance(v, bool)
+                                                          for v in value):
+                    what = "names" if item is str else "numbers"
+                    raise RunError(f"setting '{f.name}' must be a list of {what}, got {value!r}")
             elif typing.get_origin(kind) is typing.Literal:
                 if value not in typing.get_args(kind):
                     raise RunError(f"setting '{f.name}' must be one of {list(typing.get_args(kind))}, got {value!r}")
@@ -261,6 +268,13 @@ def check_settings(args, config, model_args) -> None:
     if args.eval_steps and not args.eval_file:
         raise RunError(f"eval_steps {args.eval_steps} evaluates on held-out prompts, but no eval_file is set: set "
                        "eval_file (one prompt per line), or eval_steps: 0")
+    if args.reward_weights and len(args.reward_weights) != len(args.reward_fn):
+        raise RunError(f"reward_weights has {len(args.reward_weights)} weight(s) for {len(args.reward_fn)} reward_fn "
+                       "function(s): give one weight per function, in the same order (or none: all 1.0)")
+    if not all(math.isfinite(w) for w in args.reward_weights):
+        raise RunError(f"reward_weights must be finite numbers, got {args.reward_weights}")
+    if len(set(args.reward_fn)) < len(args.reward_fn):
+        raise RunError(f"reward_fn names a function twice ({args.reward_fn}): give each once, with its weight")
     if not args.prompt_column:
         given = [name for name in ("chat_template", "system_prompt", "stop_strings", "missing_eos_penalty")
                  if getattr(args, name)]

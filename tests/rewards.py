@@ -244,3 +244,7 @@ def zero(prompts, responses, **kwargs):
 def needs_answer(prompts, responses, *, answer, **kwargs):
     """Needs the dataset's `answer` column (a column the instructions lack: the start-up probe must say so)."""
     return [float(a in r) for a, r in zip(answer, responses)]
+
+
+def one(prompts, responses, **kwargs):
+    return [1.0] * len(responses)

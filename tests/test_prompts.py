@@ -164,3 +164,33 @@ def test_a_chat_run_killed_and_resumed_is_exact(chat_settings, faults, tmp_path)
     assert uninterrupted.returncode == 0, last_line(uninterrupted.stderr)
     assert_same_rows(read_metrics(out / "metrics.jsonl"), read_metrics(tmp_path / "uninterrupted" / "metrics.jsonl"),
                      after_step=2)
+
+
+def test_weighted_rewards_are_summed_and_each_logged(tiny_chat, chat_settings, tiny_config, tmp_path):
+    """reward_fn [uses_keyword, one] with reward_weights [2, 0]: the score is 2 x uses_keyword (weight 0: logged
+    only); each function's batch mean is its own metrics column and its own row of the held-out report."""
+    keyword, constant = f"{REWARDS}:uses_keyword", f"{REWARDS}:one"
+    config = tiny_config(**chat_settings, reward_fn=[keyword, constant], reward_weights=[2, 0],
+                         reward_kwargs={"out": str(tmp_path)}, eval_file=tiny_chat["held_out"], eval_steps=1,
+                         eval_samples=4, steps=2)
+    result = run_script("--config", config)
+    assert result.returncode == 0, result.stderr
+    for row in read_metrics(tmp_path / "run" / "metrics.jsonl"):
+        assert row[f"env/reward/{constant}"] == 1.0
+        assert row["env/reward_mean"] == pytest.approx(2 * row[f"env/reward/{keyword}"])
+        assert row[f"eval/reward/{constant}"] == 1.0 and row["eval/reward"] == pytest.approx(
+            2 * row[f"eval/reward/{keyword}"])
+    report = (tmp_path / "run" / "eval.md").read_text()
+    assert f"| 2 x {keyword} + 0 x {constant} (training reward) |" in report
+    assert f"| {keyword} (reward function, weight 2) |" in report and "warning" not in report
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"reward_weights": [1.0]}, "reward_weights has 1 weight(s) for 2 reward_fn function(s)"),
+    ({"reward_weights": ["a", 1]}, "setting 'reward_weights' must be a list of numbers"),
+])
+def test_bad_reward_weights(settings, message, tiny_config):
+    config = tiny_config(reward_fn=["vader", "sentiment_positive"], **settings)
+    with pytest.raises(RunError) as e:
+        train_ppo.main(["--config", str(config)])
+    assert str(e.value).startswith(message) and e.value.code == 2
