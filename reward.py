@@ -12,6 +12,7 @@ Models are loaded once per process (functools.cache), not per call.
 
 import functools
 import os
+import re
 
 import torch
 
@@ -101,3 +102,62 @@ def keyword(prompts: list[str], responses: list[str], keywords: tuple = ("great"
     """
     wanted = {k.lower() for k in keywords}
     return [float(sum(word.strip(".,!?;:\"'").lower() in wanted for word in r.split())) for r in responses]
+
+
+# Instructions with a checkable constraint (make train-chat): the dataset's columns `kind`, `word`, `max_words` and
+# `topic` arrive as keyword arguments, one value per response, in order.
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9']+", text.lower())
+
+
+def instruction_followed(prompts: list[str], responses: list[str], *, kind: list[str], word: list[str],
+                         max_words: list[int], **_) -> list[float]:
+    """1.0 where the answer meets its row's constraint, else 0.0. `use_word`: the answer uses `word`, in a sentence of
+    4-40 words that repeats it at most twice; `max_words`: the answer has 3 to `max_words` words. The lower bounds
+    keep the check from being met by the word alone or by a one-word answer."""
+    scores = []
+    for response, k, w, n in zip(responses, kind, word, max_words, strict=True):
+        words = _words(response)
+        if k == "use_word":
+            met = w.lower() in words and 4 <= len(words) <= 40 and words.count(w.lower()) <= 2
+        elif k == "max_words":
+            met = 3 <= len(words) <= n
+        else:
+            raise ValueError(f"unknown instruction kind {k!r}: expected use_word or max_words")
+        scores.append(float(met))
+    return scores
+
+
+def names_topic(prompts: list[str], responses: list[str], *, topic: list[str], **_) -> list[float]:
+    """A judge for make train-chat: 1.0 where the answer names its row's topic (a content word of it: 'ocean' of
+    'the ocean', 'train' or 'journey' of 'a train journey'), else 0.0. An answer that games instruction_followed
+    (the word alone, a few words unrelated to the question) stops naming the topic."""
+    scores = []
+    for response, t in zip(responses, topic, strict=True):
+        content = [w for w in _words(t) if w not in {"a", "an", "the", "at", "of", "in"}]
+        words = set(_words(response))
+        scores.append(float(any(c in words or c + "s" in words for c in content)))
+    return scores
+
+
+# A verifiable task (configs/qwen_gsm8k.yaml): GSM8K's `answer` column ends with "#### NUMBER".
+
+def _final_number(text: str) -> float | None:
+    """The last number of a text (commas dropped: 1,200 is 1200), or None."""
+    numbers = re.findall(r"-?\d[\d,]*(?:\.\d+)?", text)
+    if not numbers:
+        return None
+    try:
+        return float(numbers[-1].replace(",", ""))
+    except ValueError:
+        return None
+
+
+def gsm8k_correct(prompts: list[str], responses: list[str], *, answer: list[str], **_) -> list[float]:
+    """1.0 where the response's last number equals the final number of the row's `answer` (after '####'), else 0.0."""
+    scores = []
+    for response, a in zip(responses, answer, strict=True):
+        wanted, given = _final_number(a.split("####")[-1]), _final_number(response)
+        scores.append(float(wanted is not None and given is not None and abs(wanted - given) < 1e-6))
+    return scores

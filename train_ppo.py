@@ -73,6 +73,8 @@ class ScriptArguments:
     # data: prompts are each row's prompt_column whole, or else the first prompt_{min,max}_tokens tokens of each text
     dataset_name: str = field(
         default="stanfordnlp/imdb", metadata={"help": "Hub dataset id, or local .json/.jsonl/.csv/.txt file(s)."})
+    dataset_config: Optional[str] = field(
+        default=None, metadata={"help": "The hub dataset's configuration, where it has several (openai/gsm8k: main)."})
     dataset_split: str = field(default="train", metadata={"help": "Split of the dataset to draw prompts from."})
     text_column: str = field(default="text", metadata={"help": "Column holding the texts."})
     min_text_length: int = field(default=200, metadata={"help": "Drop texts shorter than this many characters."})

@@ -23,10 +23,12 @@ def batch_indices(num_rows: int, batch_size: int, step: int, seed: int, rank: in
     return order[start : start + batch_size].tolist()
 
 
-def load_rows(dataset_name: str, split: str):
+def load_rows(dataset_name: str, split: str, config: str | None = None):
     """The rows of a dataset: local .json/.jsonl/.csv/.txt file(s) (comma-separated) or a hub dataset. Every way
     loading can fail ends in one sentence naming the setting."""
     files, local = dataset_name.split(","), is_local(dataset_name)
+    if local and config:
+        raise RunError(f"dataset_config '{config}' is for hub datasets; remove it for local files")
     if local and split != "train":  # datasets reads local files as one split named train
         raise RunError(f"dataset_split '{split}' is for hub datasets; local files are read as one split, 'train': "
                        "leave dataset_split unset and point dataset_name to the file(s) to use")
@@ -40,7 +42,7 @@ def load_rows(dataset_name: str, split: str):
         if local:
             builder = {".jsonl": "json", ".txt": "text"}.get(Path(files[0]).suffix, Path(files[0]).suffix[1:])
             return load_dataset(builder, data_files=files, split="train")
-        return load_dataset(dataset_name, split=split)
+        return load_dataset(dataset_name, config, split=split)
     except Exception as e:  # DatasetGenerationError, JSON and UTF-8 errors, offline, ...: name the cause
         raise unreadable(dataset_name, local, e) from None
 
@@ -59,9 +61,9 @@ def unreadable(dataset_name: str, local: bool, e: Exception) -> RunError:
                     "to local .jsonl/.csv/.txt files, e.g. data/rt_snippets/train.jsonl")
 
 
-def load_texts(dataset_name: str, split: str, text_column: str, min_length: int):
+def load_texts(dataset_name: str, split: str, text_column: str, min_length: int, config: str | None = None):
     """The texts prompts are cut from (load_rows), those of at least min_length characters."""
-    texts = load_rows(dataset_name, split)
+    texts = load_rows(dataset_name, split, config)
     feature = texts.features.get(text_column)
     is_text = isinstance(feature, Value) and feature.dtype in ("string", "large_string")
     if is_text:  # reading the texts decodes them: bad bytes in a .jsonl fail here, not in load_dataset

@@ -21,7 +21,8 @@ from ppo_lm.errors import RunError, first_line
 
 def text_prefixes(args, tokenizer, seed: int):
     """Texts -> prompts: the first 2-8 tokens (a random length per text, as in TRL's example)."""
-    texts = load_texts(args.dataset_name, args.dataset_split, args.text_column, args.min_text_length)
+    texts = load_texts(args.dataset_name, args.dataset_split, args.text_column, args.min_text_length,
+                       args.dataset_config)
     set_seed(seed)
     prompt_length = LengthSampler(args.prompt_min_tokens, args.prompt_max_tokens + 1)
 
@@ -65,7 +66,8 @@ def whole_prompts(args, tokenizer, dataset_name: str | None = None, what: str = 
 
         rows = Dataset.from_dict({column: read_eval_prompts(dataset_name)})
     else:
-        rows = load_rows(dataset_name, args.dataset_split if what == "dataset_name" else "train")
+        rows = load_rows(dataset_name, *((args.dataset_split, args.dataset_config) if what == "dataset_name" else
+                                         ("train", None)))
     if column not in rows.column_names:
         raise RunError(f"prompt_column '{column}' is not a column of {what} '{dataset_name}': {rows.column_names}; "
                        "set prompt_column to the column that holds the prompts")

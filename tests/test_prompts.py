@@ -21,7 +21,8 @@ from ppo_lm.tiny_models import CHAT_TEMPLATE
 
 
 def prompt_args(tiny_chat, **overrides):
-    settings = {"dataset_name": tiny_chat["data"], "dataset_split": "train", "prompt_column": "messages",
+    settings = {"dataset_name": tiny_chat["data"], "dataset_split": "train", "dataset_config": None,
+                "prompt_column": "messages",
                 "chat_template": False, "system_prompt": None, "prompt_max_tokens": 64,
                 "model_name_or_path": tiny_chat["policy"]}
     return SimpleNamespace(**settings | overrides)
@@ -194,3 +195,27 @@ def test_bad_reward_weights(settings, message, tiny_config):
     with pytest.raises(RunError) as e:
         train_ppo.main(["--config", str(config)])
     assert str(e.value).startswith(message) and e.value.code == 2
+
+
+def test_the_gsm8k_recipe_on_tiny_stand_ins(tiny_chat, tmp_path):
+    """configs/qwen_gsm8k.yaml as shipped, pointed at the tiny chat policy and a GSM8K-format file (question, answer
+    ending '#### N'): the answer column reaches gsm8k_correct; the rest of the recipe (chat template, LoRA on all
+    linear layers, bf16, EOS endings, the penalty) runs. (A shorter system prompt: the tiny model's context is 128.)"""
+    import json
+
+    from conftest import ROOT
+
+    rows = [{"question": f"Tom has {a} and buys {b}. How many?",
+             "answer": f"Tom has {a} + {b} = {a + b} apples.\n#### {a + b}"} for a in range(1, 9) for b in range(1, 3)]
+    data = tmp_path / "gsm8k_train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = run_script("--config", ROOT / "configs" / "qwen_gsm8k.yaml", "--model_name_or_path", tiny_chat["policy"],
+                        "--dataset_name", data, "--dataset_config", "", "--system_prompt", "Be brief.",
+                        "--prompt_max_tokens", "100",
+                        "--response_max_tokens", "16", "--batch_size", "8", "--mini_batch_size", "4", "--steps", "1",
+                        "--output_dir", tmp_path / "run", "--eval_file", data)
+    assert result.returncode == 0, result.stderr
+    row = read_metrics(tmp_path / "run" / "metrics.jsonl")[0]
+    assert 0.0 <= row["env/reward/gsm8k_correct"] <= 1.0
+    report = (tmp_path / "run" / "eval.md").read_text()
+    assert "held-out gsm8k_correct: mean" in report and "responses ending at EOS or at 16 tokens" in report

@@ -61,7 +61,8 @@ def test_load_reward_fn_errors(spec, message):
 
 
 def test_unknown_reward_lists_the_available_ones():
-    available = r"available: \['keyword', 'sentiment_classifier', 'sentiment_positive', 'vader'\]$"
+    available = (r"available: \['gsm8k_correct', 'instruction_followed', 'keyword', 'names_topic', "
+                 r"'sentiment_classifier', 'sentiment_positive', 'vader'\]$")
     with pytest.raises(RunError, match=available):
         load_reward_fn("no_such_reward", functions=reward)
 
@@ -106,3 +107,29 @@ def test_reward_that_raises_names_the_sample():
         compute_rewards(fragile, ["p0", "p1", "p2"], ["ok", "", "fine"], {})
     assert str(e.value) == ("reward function 'fragile' raised ZeroDivisionError: float division by zero — on sample "
                             "1: prompt='p1' response=''")
+
+
+def test_instruction_followed_checks_each_answer_against_its_own_row():
+    kinds, words, limits = ["use_word", "use_word", "use_word", "max_words", "max_words", "max_words"], \
+        ["warm", "warm", "warm", "", "", ""], [0, 0, 0, 5, 5, 5]
+    answers = ["The warm sea hums at dusk.", "Warm.", "warm warm warm warm warm", "Cold bright winter days.",
+               "Winter.", "Winter is long and cold and dark."]
+    assert reward.instruction_followed([""] * 6, answers, kind=kinds, word=words, max_words=limits) == \
+        [1.0, 0.0, 0.0, 1.0, 0.0, 0.0]  # the word alone, the word repeated, one word, too many words: not met
+
+
+def test_names_topic_is_a_judge_of_what_the_answer_is_about():
+    topics = ["the ocean", "a train journey", "the moon"]
+    answers = ["Oceans are deep and blue.", "The journey was slow.", "Bright."]
+    assert reward.names_topic([""] * 3, answers, topic=topics) == [1.0, 1.0, 0.0]
+
+
+def test_gsm8k_correct_compares_the_final_numbers():
+    answers = ["She has 3 + 4 = 7 apples.\n#### 7", "#### 1,200", "#### 5", "#### 12"]
+    responses = ["3 + 4 = 7, so the answer is 7.", "That is 1,200 dollars.", "It is 6.", "No number here."]
+    assert reward.gsm8k_correct([""] * 4, responses, answer=answers) == [1.0, 1.0, 0.0, 0.0]
+
+
+def test_a_reward_that_needs_a_column_says_which():
+    with pytest.raises(RunError, match="missing 1 required keyword-only argument: 'answer'"):
+        compute_rewards(reward.gsm8k_correct, ["q"], ["7"], {})
