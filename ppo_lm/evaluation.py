@@ -39,7 +39,7 @@ def evaluate(trainer, tokenizer, prompts: dict, scorers: dict, reward_kwargs: di
     queries = [torch.tensor(ids, device=device) for ids in prompts["input_ids"]]
     shown, kwargs = prompts["query"], with_columns(reward_kwargs, prompts)
     low, high = response_lengths
-    lengths = torch.randint(low, high + 1, (len(prompts),), generator=torch.Generator().manual_seed(seed)).tolist()
+    lengths = torch.randint(low, high + 1, (len(shown),), generator=torch.Generator().manual_seed(seed)).tolist()
     report, samples = {"prompts": shown, "scorers": list(scorers), "response_tokens": [low, high],
                        "ends_at_eos": end_responses is not None, "components": components or {}}, {}
     if before is not None:

@@ -44,6 +44,30 @@ def test_reward_up_and_judge_flat_is_flagged(tmp_path):
     assert json.loads((tmp_path / "eval.json").read_text())["reward_hacking_suspected"] is True
 
 
+def test_answers_that_game_the_instruction_check_are_flagged(tmp_path):
+    """make train-chat's reward and judge on answers that game the check: before, sentences about the topic that miss
+    the word; after, the word padded into a sentence about nothing. The check rises, names_topic falls: flagged."""
+    import reward
+
+    columns = {"kind": ["use_word"] * 2, "word": ["calm", "bright"], "max_words": [0, 0],
+               "topic": ["the ocean", "a library"]}
+    before = ["The ocean is wide and deep.", "A library is full of books."]
+    after = ["It is calm and so calm now.", "So bright, it is bright."]
+
+    def side(responses):
+        scores = {"instruction_followed": reward.instruction_followed([""] * 2, responses, **columns),
+                  "names_topic": reward.names_topic([""] * 2, responses, **columns)}
+        return {"responses": responses, **{name: {"scores": v, "mean": sum(v) / 2, "median": sum(v) / 2}
+                                           for name, v in scores.items()}}
+
+    report = {"prompts": ["p", "q"], "scorers": ["instruction_followed", "names_topic"], "response_tokens": [1, 32],
+              "ends_at_eos": True, "kl": 1.0, "before": side(before), "after": side(after)}
+    assert report["before"]["instruction_followed"]["mean"] == 0.0 and report["after"]["instruction_followed"]["mean"] \
+        == 1.0 and report["after"]["names_topic"]["mean"] == 0.0
+    summary = write_eval_report(report, tmp_path)
+    assert "warning: the training reward rose (+1.000) but the judge(s) ['names_topic'] did not" in summary
+
+
 def kl_trainer(tiny, perturb: bool):
     """PPOTrainer over the tiny policy and a reference loaded from the same weights; with `perturb` the policy's first
     MLP gets noise, so the two differ."""

@@ -33,7 +33,7 @@ def test_end_to_end_outputs(tiny_config, tmp_path):
     assert all(4 <= r["tokens/responses_len_mean"] <= 16 for r in rows)
 
     saved = yaml.safe_load((out / "run_config.yaml").read_text())
-    assert saved["learning_rate"] == 1e-4 and saved["steps"] == 3 and saved["reward_fn"] == "sentiment_classifier"
+    assert saved["learning_rate"] == 1e-4 and saved["steps"] == 3 and saved["reward_fn"] == ["sentiment_classifier"]
 
     # the tuned policy reloads as a plain causal LM and with its value head (weights identical to training's)
     assert (out / "model.safetensors").exists() and not (out / "pytorch_model.bin").exists()
