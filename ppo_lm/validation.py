@@ -185,7 +185,7 @@ def check_types(*dataclass_objects) -> None:
                     raise RunError(f"setting '{f.name}' must be a mapping (YAML) or a JSON object (command line), "
                                    f"got {value!r}")
             elif typing.get_origin(kind) is list:
-                item = (typing.get_args(kind) or (str,))[0]
+                item, given = (typing.get_args(kind) or (str,))[0], value
                 if isinstance(value, (str, int, float)) and not isinstance(value, bool):
                     setattr(obj, f.name, value := [value])
                 if item is float and isinstance(value, list):
@@ -194,7 +194,7 @@ def check_types(*dataclass_objects) -> None:
                 if not isinstance(value, list) or not all(isinstance(v, item) and not isinstance(v, bool)
                                                           for v in value):
                     what = "names" if item is str else "numbers"
-                    raise RunError(f"setting '{f.name}' must be a list of {what}, got {value!r}")
+                    raise RunError(f"setting '{f.name}' must be a list of {what}, got {given!r}")
             elif typing.get_origin(kind) is typing.Literal:
                 if value not in typing.get_args(kind):
                     raise RunError(f"setting '{f.name}' must be one of {list(typing.get_args(kind))}, got {value!r}")

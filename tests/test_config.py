@@ -19,7 +19,7 @@ def test_defaults_yaml_cli_precedence(tmp_path):
                    "reward_kwargs: {a: 1}\nresponse_max_tokens: 12\n")
     args, config, model_args = parse("--config", cfg, "--learning_rate", "1e-5", "--reward_kwargs", '{"b": 2}')
     assert config.learning_rate == 1e-5  # CLI beats YAML
-    assert config.batch_size == 64 and args.reward_fn == "vader" and args.response_max_tokens == 12  # YAML
+    assert config.batch_size == 64 and args.reward_fn == ["vader"] and args.response_max_tokens == 12  # YAML
     assert args.reward_kwargs == {"b": 2}
     assert config.init_kl_coef == 0.2 and config.adap_kl_ctrl and config.target == 6  # defaults
     assert (args.top_k, args.top_p, args.do_sample, args.min_length) == (0, 1.0, True, -1)
@@ -50,7 +50,7 @@ def test_bad_command_line(argv, message):
 @pytest.mark.parametrize("yaml_text, message", [
     ("learnin_rate: 1.0e-5\n", "unknown setting 'learnin_rate': did you mean 'learning_rate'?"),
     ("steps: 1.5\n", "setting 'steps' must be a int, got 1.5"),
-    ("reward_fn: 3\n", "setting 'reward_fn' must be a str, got 3"),
+    ("reward_fn: 3\n", "setting 'reward_fn' must be a list of names, got 3"),
     ("adap_kl_ctrl: maybe\n", "argument --adap_kl_ctrl/--adap-kl-ctrl: Truthy value expected: got maybe"),
     ("torch_dtype: float8\n", "setting 'torch_dtype' must be one of"),
 ])
@@ -84,7 +84,7 @@ def test_run_config_records_what_the_run_used(tiny_config, tmp_path):
     saved = yaml.safe_load((tmp_path / "run" / "run_config.yaml").read_text())
     for ignored in ["model_name", "query_dataset", "reward_model", "remove_unused_columns", "forward_batch_size"]:
         assert ignored not in saved
-    assert saved["reward_fn"] == "vader" and saved["steps"] == 1
+    assert saved["reward_fn"] == ["vader"] and saved["steps"] == 1
     args, config, model_args = parse("--config", tmp_path / "run" / "run_config.yaml")
     assert model_args.model_name_or_path == saved["model_name_or_path"] and config.steps == 1
 

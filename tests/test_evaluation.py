@@ -99,7 +99,8 @@ def run_evaluate(trainer, tokenizer, seed=0):
 
     words = lambda prompts, responses: [float(len(r.split())) for r in responses]  # noqa: E731
     generation = HONEST_SAMPLING | {"max_new_tokens": 6, "pad_token_id": tokenizer.pad_token_id}
-    return evaluate(trainer, tokenizer, PROMPTS, {"words": words}, {}, generation, (2, 6), 4, seed)
+    prompts = {"query": PROMPTS, "input_ids": tokenizer(PROMPTS)["input_ids"]}
+    return evaluate(trainer, tokenizer, prompts, {"words": words}, {}, generation, (2, 6), 4, seed)
 
 
 def test_eval_kl_is_zero_when_the_policy_is_the_reference(tiny):

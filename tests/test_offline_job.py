@@ -28,12 +28,13 @@ def test_prompt_file_loads_as_the_config_uses_it():
     from transformers import GPT2TokenizerFast
 
     from ppo_lm.tiny_models import gpt2_tokenizer
-    from train_ppo import ScriptArguments, load_prompts
+    from ppo_lm.prompts import text_prefixes
+    from train_ppo import ScriptArguments
 
     args = ScriptArguments(dataset_name=str(ROOT / "data" / "prompts_train.txt"), min_text_length=1,
                            prompt_min_tokens=2, prompt_max_tokens=8)
     tokenizer: GPT2TokenizerFast = gpt2_tokenizer()
-    prompts = load_prompts(args, tokenizer, seed=0)
+    prompts = text_prefixes(args, tokenizer, seed=0)
     assert len(prompts) == len(read_prompts("prompts_train.txt"))
     assert all(2 <= len(ids) <= 8 for ids in prompts["input_ids"][:50])
 
