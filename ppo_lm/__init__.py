@@ -5,7 +5,8 @@ any of them changes nothing outside it (tests/test_compat.py checks).
     compat           the shims that keep trl 0.11.4 working on transformers 5, each with its reason
     validation       what a valid setting is: TRL's parser, types, ranges, accelerate's arguments
     models           loading the policy (with value head, LoRA), the reference and the tokenizer
-    data             texts -> prompts, held-out prompts, the order batches are drawn in
+    data             loading datasets and held-out prompts, the order batches are drawn in
+    prompts          text prefixes or whole prompts (chat templates), where answers end, columns for the rewards
     reward_contract  finding the reward function, calling it, checking what it returns
     kl_control       TRL's adaptive KL controller with a floor under beta
     processes        the processes of a run failing and stopping together; a lost process, out of memory, the end
