@@ -284,23 +284,17 @@ def check_finite(row: dict, trainable: list, output_dir: str) -> None:
         raise diverged(output_dir, row["step"], bad[0])
 
 
-def scorers(reward_fn: WeightedRewards, judges: dict) -> dict:
-    """What the held-out evaluation scores: the training reward first, then each of its functions when it has
-    several, then the judges."""
-    return {reward_fn.__name__: reward_fn} | (reward_fn.fns if len(reward_fn.fns) > 1 else {}) | judges
-
-
 def held_out_evaluation(args, config, tokenizer, reward_fn: WeightedRewards, judges: dict, generation_kwargs: dict,
                         eval_prompts, earlier_rows: list[dict]) -> DuringTraining:
     """The held-out measurement, every eval_steps on the first eval_samples prompts and at the end on all: the
     training sampling, lengths and seed, the training reward and the judges."""
-    settings = {"tokenizer": tokenizer, "scorers": scorers(reward_fn, judges), "reward_kwargs": args.reward_kwargs,
+    settings = {"tokenizer": tokenizer, "scorers": {reward_fn.__name__: reward_fn} | judges,
+                "reward_kwargs": args.reward_kwargs,
                 "generation_kwargs": generation_kwargs, "batch_size": args.generation_batch_size, "seed": config.seed,
                 "response_lengths": (args.response_min_tokens, args.response_max_tokens),
                 "end_responses": (lambda responses: end_responses(responses, tokenizer, args.stop_strings,
                                                                   args.response_max_tokens))
-                if args.prompt_column else None,
-                "components": reward_fn.weights if len(reward_fn.fns) > 1 else None}
+                if args.prompt_column else None}
     return DuringTraining(args.eval_steps, eval_prompts, settings, config.target, earlier_rows, args.eval_samples)
 
 

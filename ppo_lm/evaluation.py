@@ -18,15 +18,15 @@ from ppo_lm.reward_contract import compute_rewards
 
 def evaluate(trainer, tokenizer, prompts: dict, scorers: dict, reward_kwargs: dict, generation_kwargs: dict,
              response_lengths: tuple[int, int], batch_size: int, seed: int, before: dict | None = None,
-             end_responses=None, components: dict | None = None) -> dict:
+             end_responses=None) -> dict:
     """Scores before (reference) and after (tuned policy), and KL(policy || reference) on the policy's samples.
 
     `prompts`: {"query": the prompts as the reward sees them, "input_ids": their tokens, and any dataset columns,
     which reach the scorers as keyword arguments}. `scorers` maps a name to a reward function; the first is the
     training reward. Each response is cut to a length drawn from `response_lengths` (inclusive), the same lengths
     before and after, so the KL here is the estimator and the length distribution of the training KL
-    (`objective/kl`); with `end_responses` (whole prompts) each ends as in training instead. `components`: the
-    weights of the training reward's functions, when it has several (each is also a scorer, after the first). `before`, a report's "before" part from an
+    (`objective/kl`); with `end_responses` (whole prompts) each ends as in training instead. A training reward of
+    several functions (reward_contract.WeightedRewards) is reported with each function's scores too, computed once. `before`, a report's "before" part from an
     earlier call on the same prompts and seed, is reused (the reference is frozen)."""
     # The bare models: one process evaluates, and a DDP forward would wait for the others. Under ZeRO-3 every process
     # evaluates in step through the engines (TRL gathers their weights to generate). With LoRA the reference is the
@@ -40,8 +40,10 @@ def evaluate(trainer, tokenizer, prompts: dict, scorers: dict, reward_kwargs: di
     shown, kwargs = prompts["query"], with_columns(reward_kwargs, prompts)
     low, high = response_lengths
     lengths = torch.randint(low, high + 1, (len(shown),), generator=torch.Generator().manual_seed(seed)).tolist()
-    report, samples = {"prompts": shown, "scorers": list(scorers), "response_tokens": [low, high],
-                       "ends_at_eos": end_responses is not None, "components": components or {}}, {}
+    reward, *judges = scorers
+    components = getattr(scorers[reward], "weights", {}) if len(getattr(scorers[reward], "fns", ())) > 1 else {}
+    report, samples = {"prompts": shown, "scorers": [reward, *components, *judges], "response_tokens": [low, high],
+                       "ends_at_eos": end_responses is not None, "components": components}, {}
     if before is not None:
         report["before"] = before
     for name, model, context in [("before", reference, as_reference), ("after", policy, nullcontext)]:
@@ -55,9 +57,12 @@ def evaluate(trainer, tokenizer, prompts: dict, scorers: dict, reward_kwargs: di
         texts = tokenizer.batch_decode(samples[name], skip_special_tokens=True)
         report[name] = {"responses": texts}
         for scorer, fn in scorers.items():
-            scores = torch.tensor(compute_rewards(fn, shown, texts, kwargs))
-            report[name][scorer] = {"scores": scores.tolist(), "mean": scores.mean().item(),
-                                    "median": scores.median().item()}
+            parts = fn.parts(shown, texts, kwargs) if scorer == reward and components else {}
+            scored = {scorer: fn.total(parts) if parts else compute_rewards(fn, shown, texts, kwargs)} | parts
+            for key, values in scored.items():
+                values = torch.tensor(values)
+                report[name][key] = {"scores": values.tolist(), "mean": values.mean().item(),
+                                     "median": values.median().item()}
     # TRL's KL estimator, as in objective/kl, on the tuned policy's samples: sum of log pi - log pi_ref per response
     responses = samples["after"]
     inputs = trainer.prepare_model_inputs(queries, responses)

@@ -12,6 +12,7 @@
 
 import sys
 
+from datasets import Dataset
 from trl import set_seed
 from trl.core import LengthSampler
 
@@ -62,8 +63,6 @@ def whole_prompts(args, tokenizer, dataset_name: str | None = None, what: str = 
     dataset_name = dataset_name or args.dataset_name
     column = args.prompt_column
     if dataset_name.endswith(".txt"):  # one prompt a line, as eval_file has always been
-        from datasets import Dataset
-
         rows = Dataset.from_dict({column: read_eval_prompts(dataset_name)})
     else:
         rows = load_rows(dataset_name, *((args.dataset_split, args.dataset_config) if what == "dataset_name" else

@@ -89,10 +89,7 @@ class WeightedRewards:
         return {name: compute_rewards(fn, prompts, responses, kwargs) for name, fn in self.fns.items()}
 
     def total(self, parts: dict[str, list[float]]) -> list[float]:
-        if len(parts) == 1 and next(iter(self.weights.values())) == 1.0:
-            return next(iter(parts.values()))
-        return [sum(self.weights[name] * scores[i] for name, scores in parts.items())
-                for i in range(len(next(iter(parts.values()))))]
+        return [sum(self.weights[name] * score for name, score in zip(parts, scores)) for scores in zip(*parts.values())]
 
     def __call__(self, prompts, responses, **kwargs) -> list[float]:
         return self.total(self.parts(prompts, responses, kwargs))
