@@ -111,13 +111,21 @@ def _words(text: str) -> list[str]:
     return re.findall(r"[a-z0-9']+", text.lower())
 
 
+def _names(topic: str, words: set[str]) -> bool:
+    """Whether an answer's words name its topic: a content word of it ('ocean' of 'the ocean', 'train' or 'journey'
+    of 'a train journey'), or its plural."""
+    content = [w for w in _words(topic) if w not in {"a", "an", "the", "at", "of", "in"}]
+    return any(c in words or c + "s" in words for c in content)
+
+
 def instruction_followed(prompts: list[str], responses: list[str], *, kind: list[str], word: list[str],
-                         max_words: list[int], **_) -> list[float]:
-    """1.0 where the answer meets its row's constraint, else 0.0. `use_word`: the answer uses `word`, in a sentence of
-    4-40 words that repeats it at most twice; `max_words`: the answer has 3 to `max_words` words. The lower bounds
-    keep the check from being met by the word alone or by a one-word answer."""
+                         max_words: list[int], topic: list[str], **_) -> list[float]:
+    """1.0 where the answer meets its row's instruction, else 0.0. Every answer must name its `topic` (the
+    instruction is about it). `use_word`: the answer uses `word`, in a sentence of 4-40 words that repeats it at most
+    twice; `max_words`: the answer has 3 to `max_words` words. The lower bounds and the topic keep the check from
+    being met by the word alone, a one-word answer, or a short sentence about something else."""
     scores = []
-    for response, k, w, n in zip(responses, kind, word, max_words, strict=True):
+    for response, k, w, n, t in zip(responses, kind, word, max_words, topic, strict=True):
         words = _words(response)
         if k == "use_word":
             met = w.lower() in words and 4 <= len(words) <= 40 and words.count(w.lower()) <= 2
@@ -125,19 +133,50 @@ def instruction_followed(prompts: list[str], responses: list[str], *, kind: list
             met = 3 <= len(words) <= n
         else:
             raise ValueError(f"unknown instruction kind {k!r}: expected use_word or max_words")
-        scores.append(float(met))
+        scores.append(float(met and _names(t, set(words))))
     return scores
 
 
 def names_topic(prompts: list[str], responses: list[str], *, topic: list[str], **_) -> list[float]:
-    """A judge for make train-chat: 1.0 where the answer names its row's topic (a content word of it: 'ocean' of
-    'the ocean', 'train' or 'journey' of 'a train journey'), else 0.0. An answer that games instruction_followed
-    (the word alone, a few words unrelated to the question) stops naming the topic."""
+    """1.0 where the answer names its row's topic (a content word of it, or its plural), else 0.0: a judge of what
+    an answer is about, for a reward that checks only the form of the answer."""
+    return [float(_names(t, set(_words(response)))) for response, t in zip(responses, topic, strict=True)]
+
+
+@functools.cache
+def _causal_lm(lm: str, device: torch.device):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if lm.startswith(("/", ".", "~")) and not os.path.isdir(lm):
+        raise ValueError(f"reward_kwargs lm: directory '{lm}' not found; point it to a saved causal language model")
+    return AutoTokenizer.from_pretrained(lm), AutoModelForCausalLM.from_pretrained(lm).to(device).eval()
+
+
+def answer_logprob(prompts: list[str], responses: list[str], lm: str = "HuggingFaceTB/SmolLM2-135M-Instruct",
+                   **_) -> list[float]:
+    """A judge of fluency: the mean log-probability per token of each answer after its prompt, under the causal
+    language model `lm` (give the policy's own starting model to read it as "how likely the reference finds the
+    answer"). A prompt is asked as one user turn in `lm`'s chat template when it has one. Word salad, broken text
+    and runs of junk tokens score far below fluent answers, so an answer that games a check by degenerating makes
+    this judge fall.
+
+    Range: -inf to 0 (nats per token); about -2 to -3 for SmolLM2-135M-Instruct's own answers at temperature 1.
+    """
+    from accelerate import PartialState
+
+    tokenizer, model = _causal_lm(lm, PartialState().device)
     scores = []
-    for response, t in zip(responses, topic, strict=True):
-        content = [w for w in _words(t) if w not in {"a", "an", "the", "at", "of", "in"}]
-        words = set(_words(response))
-        scores.append(float(any(c in words or c + "s" in words for c in content)))
+    for prompt, response in zip(prompts, responses, strict=True):
+        if tokenizer.chat_template:
+            prompt = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                                   tokenize=False)
+        context = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        answer = tokenizer(response, add_special_tokens=False)["input_ids"]
+        answer = answer or [tokenizer.eos_token_id]  # an empty answer: how likely `lm` finds ending at once
+        ids = torch.tensor([context + answer], device=model.device)
+        with torch.no_grad():
+            logprobs = torch.log_softmax(model(ids).logits[0, len(context) - 1:-1].float(), dim=-1)
+        scores.append(logprobs.gather(-1, ids[0, len(context):, None]).mean().item())
     return scores
 
 

@@ -228,3 +228,28 @@ def test_the_gsm8k_recipe_on_tiny_stand_ins(tiny_chat, tmp_path):
     assert 0.0 <= row["env/reward/gsm8k_correct"] <= 1.0
     report = (tmp_path / "run" / "eval.md").read_text()
     assert "held-out gsm8k_correct: mean" in report and "responses ending at EOS or at 16 tokens" in report
+
+
+def test_the_chat_job_on_tiny_stand_ins(tiny_chat, tmp_path):
+    """configs/smollm2_chat.yaml as shipped (make train-chat), pointed at the tiny chat policy (also the judge's
+    language model) and instructions made by tools/make_instructions.py: the kind, word, max_words and topic columns
+    reach instruction_followed, and answer_logprob judges the held-out answers in eval.md."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    data = tmp_path / "instructions"
+    subprocess.run([sys.executable, ROOT / "tools/make_instructions.py", "--out", data, "--train", "32",
+                    "--heldout", "4"], check=True, capture_output=True)
+    result = run_script("--config", ROOT / "configs" / "smollm2_chat.yaml", "--model_name_or_path", tiny_chat["policy"],
+                        "--dataset_name", data / "train.jsonl", "--eval_file", data / "heldout.jsonl",
+                        "--reward_kwargs", json.dumps({"lm": tiny_chat["policy"]}), "--response_max_tokens", "8",
+                        "--batch_size", "8", "--mini_batch_size", "4", "--steps", "1", "--output_dir", tmp_path / "run")
+    assert result.returncode == 0, result.stderr
+    row = read_metrics(tmp_path / "run" / "metrics.jsonl")[0]
+    assert 0.0 <= row["env/reward/instruction_followed"] <= 1.0
+    report = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert report["scorers"] == ["instruction_followed", "answer_logprob"]
+    assert all(s < 0 for s in report["after"]["answer_logprob"]["scores"]) and len(report["prompts"]) == 4

@@ -61,7 +61,7 @@ def test_load_reward_fn_errors(spec, message):
 
 
 def test_unknown_reward_lists_the_available_ones():
-    available = (r"available: \['gsm8k_correct', 'instruction_followed', 'keyword', 'names_topic', "
+    available = (r"available: \['answer_logprob', 'gsm8k_correct', 'instruction_followed', 'keyword', 'names_topic', "
                  r"'sentiment_classifier', 'sentiment_positive', 'vader'\]$")
     with pytest.raises(RunError, match=available):
         load_reward_fn("no_such_reward", functions=reward)
@@ -110,18 +110,42 @@ def test_reward_that_raises_names_the_sample():
 
 
 def test_instruction_followed_checks_each_answer_against_its_own_row():
-    kinds, words, limits = ["use_word", "use_word", "use_word", "max_words", "max_words", "max_words"], \
-        ["warm", "warm", "warm", "", "", ""], [0, 0, 0, 5, 5, 5]
-    answers = ["The warm sea hums at dusk.", "Warm.", "warm warm warm warm warm", "Cold bright winter days.",
-               "Winter.", "Winter is long and cold and dark."]
-    assert reward.instruction_followed([""] * 6, answers, kind=kinds, word=words, max_words=limits) == \
-        [1.0, 0.0, 0.0, 1.0, 0.0, 0.0]  # the word alone, the word repeated, one word, too many words: not met
+    kinds, words, limits = ["use_word"] * 4 + ["max_words"] * 3, ["warm"] * 4 + [""] * 3, [0] * 4 + [5] * 3
+    topics = ["the ocean"] * 4 + ["winter"] * 3
+    answers = ["The warm ocean hums at dusk.", "Warm.", "ocean warm warm warm warm", "The warm sand hums at dusk.",
+               "Cold bright winter days.", "Winter.", "Winter is long and cold and dark."]
+    assert reward.instruction_followed([""] * 7, answers, kind=kinds, word=words, max_words=limits, topic=topics) == \
+        [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0]  # the word alone, repeated, off topic, one word, too many words: not met
 
 
 def test_names_topic_is_a_judge_of_what_the_answer_is_about():
     topics = ["the ocean", "a train journey", "the moon"]
     answers = ["Oceans are deep and blue.", "The journey was slow.", "Bright."]
     assert reward.names_topic([""] * 3, answers, topic=topics) == [1.0, 1.0, 0.0]
+
+
+@pytest.mark.parametrize("chat", [False, True])
+def test_answer_logprob_is_the_mean_log_probability_of_the_answer_tokens(tiny, tiny_chat, chat):
+    """The judge's score is minus transformers' own loss on the answer tokens after the prompt (the prompt in the
+    model's chat template when it has one), and an empty answer scores ending at once."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    lm = tiny_chat["policy"] if chat else tiny["policy"]
+    tokenizer, model = AutoTokenizer.from_pretrained(lm), AutoModelForCausalLM.from_pretrained(lm)
+    prompts, answers = ["Describe the film.", "Why?"], [" It was slow and long.", ""]
+    scores = reward.answer_logprob(prompts, answers, lm=lm)
+    for prompt, answer, score in zip(prompts, answers, scores):
+        context = (tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                                 tokenize=False) if chat else prompt)
+        context_ids = tokenizer(context)["input_ids"]
+        answer_ids = tokenizer(answer)["input_ids"] or [tokenizer.eos_token_id]
+        ids = torch.tensor([context_ids + answer_ids])
+        labels = ids.clone()
+        labels[0, :len(context_ids)] = -100
+        with torch.no_grad():
+            assert score == pytest.approx(-model(ids, labels=labels).loss.item(), abs=1e-4)
+    assert all(s < 0 for s in scores)
 
 
 def test_gsm8k_correct_compares_the_final_numbers():

@@ -4,8 +4,8 @@ second offline job (make train-chat, configs/smollm2_chat.yaml). No hub: topics 
 row is drawn with a fixed seed, so the files are the same on every machine.
 
 Two kinds of instruction (`kind`), mixed 3:1:
-    use_word   "Write one sentence about TOPIC. Use the word WORD."   met: the answer uses WORD in a sentence
-    max_words  "Describe TOPIC in at most N words."                  met: the answer has 3..N words
+    use_word   "Write one sentence about TOPIC. Use the word WORD."   met: names TOPIC, uses WORD in a sentence
+    max_words  "Describe TOPIC in at most N words."                  met: names TOPIC in 3..N words
 Columns: prompt, kind, topic, word (use_word; else ""), max_words (max_words; else 0). Train and held-out rows share
 no (topic, word) pair.
 
