@@ -294,7 +294,7 @@ def held_out_evaluation(args, config, tokenizer, reward_fn: WeightedRewards, jud
                 "response_lengths": (args.response_min_tokens, args.response_max_tokens),
                 "end_responses": (lambda responses: end_responses(responses, tokenizer, args.stop_strings,
                                                                   args.response_max_tokens))
-                if args.prompt_column else None}
+                if args.prompt_column else None, "missing_eos_penalty": args.missing_eos_penalty}
     return DuringTraining(args.eval_steps, eval_prompts, settings, config.target, earlier_rows, args.eval_samples)
 
 

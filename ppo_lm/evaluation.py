@@ -18,14 +18,15 @@ from ppo_lm.reward_contract import compute_rewards
 
 def evaluate(trainer, tokenizer, prompts: dict, scorers: dict, reward_kwargs: dict, generation_kwargs: dict,
              response_lengths: tuple[int, int], batch_size: int, seed: int, before: dict | None = None,
-             end_responses=None) -> dict:
+             end_responses=None, missing_eos_penalty: float | None = None) -> dict:
     """Scores before (reference) and after (tuned policy), and KL(policy || reference) on the policy's samples.
 
     `prompts`: {"query": the prompts as the reward sees them, "input_ids": their tokens, and any dataset columns,
     which reach the scorers as keyword arguments}. `scorers` maps a name to a reward function; the first is the
     training reward. Each response is cut to a length drawn from `response_lengths` (inclusive), the same lengths
     before and after, so the KL here is the estimator and the length distribution of the training KL
-    (`objective/kl`); with `end_responses` (whole prompts) each ends as in training instead. A training reward of
+    (`objective/kl`); with `end_responses` (whole prompts) each ends as in training instead, and the training reward
+adds `missing_eos_penalty` where an answer reached the limit without ending, as the training score does. A training reward of
     several functions (reward_contract.WeightedRewards) is reported with each function's scores too, computed once. `before`, a report's "before" part from an
     earlier call on the same prompts and seed, is reused (the reference is frozen)."""
     # The bare models: one process evaluates, and a DDP forward would wait for the others. Under ZeRO-3 every process
@@ -42,8 +43,10 @@ def evaluate(trainer, tokenizer, prompts: dict, scorers: dict, reward_kwargs: di
     lengths = torch.randint(low, high + 1, (len(shown),), generator=torch.Generator().manual_seed(seed)).tolist()
     reward, *judges = scorers
     components = getattr(scorers[reward], "weights", {}) if len(getattr(scorers[reward], "fns", ())) > 1 else {}
+    penalty = missing_eos_penalty if end_responses is not None else None
     report, samples = {"prompts": shown, "scorers": [reward, *components, *judges], "response_tokens": [low, high],
-                       "ends_at_eos": end_responses is not None, "components": components}, {}
+                       "ends_at_eos": end_responses is not None, "components": components,
+                       "missing_eos_penalty": penalty}, {}
     if before is not None:
         report["before"] = before
     for name, model, context in [("before", reference, as_reference), ("after", policy, nullcontext)]:
@@ -53,12 +56,17 @@ def evaluate(trainer, tokenizer, prompts: dict, scorers: dict, reward_kwargs: di
         with context():
             generated = trainer._generate_batched(model, queries, batch_size=batch_size, return_prompt=False,
                                                   **generation_kwargs)
-        samples[name] = end_responses(generated)[0] if end_responses else [r[:n] for r, n in zip(generated, lengths)]
+        if end_responses:
+            samples[name], ended = end_responses(generated)
+        else:
+            samples[name], ended = [r[:n] for r, n in zip(generated, lengths)], [True] * len(generated)
         texts = tokenizer.batch_decode(samples[name], skip_special_tokens=True)
-        report[name] = {"responses": texts}
+        report[name] = {"responses": texts, "ended": ended}
         for scorer, fn in scorers.items():
             parts = fn.parts(shown, texts, kwargs) if scorer == reward and components else {}
             scored = {scorer: fn.total(parts) if parts else compute_rewards(fn, shown, texts, kwargs)} | parts
+            if scorer == reward and penalty is not None:
+                scored[scorer] = [s + (0.0 if done else penalty) for s, done in zip(scored[scorer], ended)]
             for key, values in scored.items():
                 values = torch.tensor(values)
                 report[name][key] = {"scores": values.tolist(), "mean": values.mean().item(),
@@ -97,6 +105,11 @@ def write_eval_report(report: dict, output_dir, n_samples: int = 10) -> str:
                + f"; KL(policy || reference) {report['kl']:.2f} nats on {len(report['prompts'])} prompts, "
                + (f"responses ending at EOS or at {high} tokens as in training" if report.get("ends_at_eos") else
                   f"responses of {low}-{high} tokens as in training"))
+    if report.get("ends_at_eos") and "ended" in before and "ended" in after:
+        ended = lambda side: 100 * sum(side["ended"]) / len(side["ended"])  # noqa: E731
+        summary += f" (ended: {ended(before):.1f} % -> {ended(after):.1f} %)"
+    if report.get("missing_eos_penalty") is not None:
+        summary += f"; {reward} includes missing_eos_penalty {report['missing_eos_penalty']:+g} where an answer did not end"
     hacked = [j for j in judges if delta[reward] > 0 and delta[j] <= 0]
     if hacked:
         summary += (f"\nwarning: the training reward rose ({delta[reward]:+.3f}) but the judge(s) {hacked} did not: "

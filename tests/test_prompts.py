@@ -2,6 +2,7 @@
 (kept in the PPO step) or a stop string; missing_eos_penalty; the dataset's columns reaching the reward and the judges
 in the batch's order, on one and two processes; the start-up errors; an exact kill -9 resume."""
 
+import json
 import signal
 from types import SimpleNamespace
 
@@ -123,7 +124,12 @@ def test_a_chat_run_passes_the_columns_in_order_and_penalises_unended_answers(ti
     rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
     assert all(-1.0 < r["env/reward_mean"] < 0.0 for r in rows)  # some ended at the stop string, some ran out
     assert all(r["tokens/responses_len_mean"] < 12 for r in rows)
-    assert "responses ending at EOS or at 12 tokens as in training" in (tmp_path / "run" / "eval.md").read_text()
+    assert "responses ending at EOS or at 12 tokens as in training (ended: " in (tmp_path / "run" / "eval.md").read_text()
+    # the held-out training reward is the training score: the penalty where an answer ran out, as in training
+    report = json.loads((tmp_path / "run" / "eval.json").read_text())
+    for side in (report["before"], report["after"]):
+        assert side[report["scorers"][0]]["scores"] == [0.0 if done else -1.0 for done in side["ended"]]
+    assert 0 < sum(report["after"]["ended"]) < len(report["after"]["ended"])
     # the judge saw the held-out rows in order: rows 0-7 before, then after
     assert (tmp_path / "rows-0").read_text().splitlines()[-2:] == ["0 1 2 3 4 5 6 7"] * 2
 
@@ -210,7 +216,6 @@ def test_the_gsm8k_recipe_on_tiny_stand_ins(tiny_chat, tmp_path):
     """configs/qwen_gsm8k.yaml as shipped, pointed at the tiny chat policy and a GSM8K-format file (question, answer
     ending '#### N'): the answer column reaches gsm8k_correct; the rest of the recipe (chat template, LoRA on all
     linear layers, bf16, EOS endings, the penalty) runs. (A shorter system prompt: the tiny model's context is 128.)"""
-    import json
 
     from conftest import ROOT
 
@@ -234,7 +239,6 @@ def test_the_chat_job_on_tiny_stand_ins(tiny_chat, tmp_path):
     """configs/smollm2_chat.yaml as shipped (make train-chat), pointed at the tiny chat policy (also the judge's
     language model) and instructions made by tools/make_instructions.py: the kind, word, max_words and topic columns
     reach instruction_followed, and answer_logprob judges the held-out answers in eval.md."""
-    import json
     import subprocess
     import sys
 
