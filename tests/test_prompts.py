@@ -257,3 +257,28 @@ def test_the_chat_job_on_tiny_stand_ins(tiny_chat, tmp_path):
     report = json.loads((tmp_path / "run" / "eval.json").read_text())
     assert report["scorers"] == ["instruction_followed", "answer_logprob"]
     assert all(s < 0 for s in report["after"]["answer_logprob"]["scores"]) and len(report["prompts"]) == 4
+
+
+def test_the_readme_task_runs_as_written(tiny_chat, tmp_path):
+    """README's "Your own task": its prompt file, reward file and config, written as shown, run from their directory
+    with the tiny chat policy in place of SmolLM2 and a short run; the answer column reaches the reward."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    section = (ROOT / "README.md").read_text().split("## Your own task")[1].split("\n## ")[0]
+    blocks = dict(re.findall(r"```(json|python|yaml)\n(.*?)```", section, re.S))
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "capitals.jsonl").write_text(blocks["json"] * 8)  # 16 rows: two batches of 8
+    (tmp_path / "my_reward.py").write_text(blocks["python"])
+    (tmp_path / "my_task.yaml").write_text(blocks["yaml"])
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, ROOT / "train_ppo.py", "--config", "my_task.yaml", "--model_name_or_path",
+                             tiny_chat["policy"], "--batch_size", "8", "--mini_batch_size", "4", "--steps", "1"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    row = read_metrics(tmp_path / "runs" / "capitals" / "metrics.jsonl")[0]
+    assert row["env/reward/my_reward.py:correct"] in {i / 8 for i in range(9)}
