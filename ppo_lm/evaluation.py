@@ -59,9 +59,9 @@ adds `missing_eos_penalty` where an answer reached the limit without ending, as 
         if end_responses:
             samples[name], ended = end_responses(generated)
         else:
-            samples[name], ended = [r[:n] for r, n in zip(generated, lengths)], [True] * len(generated)
+            samples[name], ended = [r[:n] for r, n in zip(generated, lengths)], None
         texts = tokenizer.batch_decode(samples[name], skip_special_tokens=True)
-        report[name] = {"responses": texts, "ended": ended}
+        report[name] = {"responses": texts} | ({"ended": ended} if ended is not None else {})
         for scorer, fn in scorers.items():
             parts = fn.parts(shown, texts, kwargs) if scorer == reward and components else {}
             scored = {scorer: fn.total(parts) if parts else compute_rewards(fn, shown, texts, kwargs)} | parts
