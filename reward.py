@@ -160,7 +160,7 @@ def answer_logprob(prompts: list[str], responses: list[str], lm: str = "HuggingF
     and runs of junk tokens score far below fluent answers, so an answer that games a check by degenerating makes
     this judge fall.
 
-    Range: -inf to 0 (nats per token); about -2 to -3 for SmolLM2-135M-Instruct's own answers at temperature 1.
+    Range: -inf to 0 (nats per token); about -3 on average for SmolLM2-135M-Instruct's own answers at temperature 1.
     """
     from accelerate import PartialState
 
@@ -170,7 +170,7 @@ def answer_logprob(prompts: list[str], responses: list[str], lm: str = "HuggingF
         if tokenizer.chat_template:
             prompt = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
                                                    tokenize=False)
-        context = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        context = tokenizer(prompt, add_special_tokens=False)["input_ids"] or [tokenizer.eos_token_id]  # "" as prompt
         answer = tokenizer(response, add_special_tokens=False)["input_ids"]
         answer = answer or [tokenizer.eos_token_id]  # an empty answer: how likely `lm` finds ending at once
         ids = torch.tensor([context + answer], device=model.device)

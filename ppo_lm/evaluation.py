@@ -26,9 +26,10 @@ def evaluate(trainer, tokenizer, prompts: dict, scorers: dict, reward_kwargs: di
     training reward. Each response is cut to a length drawn from `response_lengths` (inclusive), the same lengths
     before and after, so the KL here is the estimator and the length distribution of the training KL
     (`objective/kl`); with `end_responses` (whole prompts) each ends as in training instead, and the training reward
-adds `missing_eos_penalty` where an answer reached the limit without ending, as the training score does. A training reward of
-    several functions (reward_contract.WeightedRewards) is reported with each function's scores too, computed once. `before`, a report's "before" part from an
-    earlier call on the same prompts and seed, is reused (the reference is frozen)."""
+    adds `missing_eos_penalty` where an answer reached the limit without ending, as the training score does. A
+    training reward of several functions (reward_contract.WeightedRewards) is reported with each function's scores
+    too, computed once. `before`, a report's "before" part from an earlier call on the same prompts and seed, is
+    reused (the reference is frozen)."""
     # The bare models: one process evaluates, and a DDP forward would wait for the others. Under ZeRO-3 every process
     # evaluates in step through the engines (TRL gathers their weights to generate). With LoRA the reference is the
     # policy with its adapters disabled (TRL's optional_peft_ctx).
@@ -109,7 +110,8 @@ def write_eval_report(report: dict, output_dir, n_samples: int = 10) -> str:
         ended = lambda side: 100 * sum(side["ended"]) / len(side["ended"])  # noqa: E731
         summary += f" (ended: {ended(before):.1f} % -> {ended(after):.1f} %)"
     if report.get("missing_eos_penalty") is not None:
-        summary += f"; {reward} includes missing_eos_penalty {report['missing_eos_penalty']:+g} where an answer did not end"
+        summary += (f"; {reward} includes missing_eos_penalty {report['missing_eos_penalty']:+g} where an answer did "
+                    "not end")
     hacked = [j for j in judges if delta[reward] > 0 and delta[j] <= 0]
     if hacked:
         summary += (f"\nwarning: the training reward rose ({delta[reward]:+.3f}) but the judge(s) {hacked} did not: "

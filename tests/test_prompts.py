@@ -124,7 +124,9 @@ def test_a_chat_run_passes_the_columns_in_order_and_penalises_unended_answers(ti
     rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
     assert all(-1.0 < r["env/reward_mean"] < 0.0 for r in rows)  # some ended at the stop string, some ran out
     assert all(r["tokens/responses_len_mean"] < 12 for r in rows)
-    assert "responses ending at EOS or at 12 tokens as in training (ended: " in (tmp_path / "run" / "eval.md").read_text()
+    eval_md = (tmp_path / "run" / "eval.md").read_text()
+    assert "responses ending at EOS or at 12 tokens as in training (ended: " in eval_md
+    assert "includes missing_eos_penalty -1 where an answer did not end" in eval_md
     # the held-out training reward is the training score: the penalty where an answer ran out, as in training
     report = json.loads((tmp_path / "run" / "eval.json").read_text())
     for side in (report["before"], report["after"]):

@@ -146,6 +146,7 @@ def test_answer_logprob_is_the_mean_log_probability_of_the_answer_tokens(tiny, t
         with torch.no_grad():
             assert score == pytest.approx(-model(ids, labels=labels).loss.item(), abs=1e-4)
     assert all(s < 0 for s in scores)
+    assert math.isfinite(reward.answer_logprob([""], [" It was slow."], lm=lm)[0])  # no prompt at all: still a score
 
 
 def test_gsm8k_correct_compares_the_final_numbers():
