@@ -17,12 +17,17 @@ import re
 import torch
 
 
+def _check_local(model: str, key: str, what: str) -> None:
+    """A local path (not a hub id like org/name) must be a directory."""
+    if model.startswith(("/", ".", "~")) and not os.path.isdir(model):
+        raise ValueError(f"reward_kwargs {key}: directory '{model}' not found; point it to a saved {what}")
+
+
 @functools.cache
 def _text_classifier(model: str, device: torch.device, torch_dtype: str):
     from transformers import pipeline
 
-    if model.startswith(("/", ".", "~")) and not os.path.isdir(model):  # a path, not a hub id like org/name
-        raise ValueError(f"reward_kwargs model: directory '{model}' not found; point it to a saved classifier")
+    _check_local(model, "model", "classifier")
     dtype = None if torch_dtype == "auto" else getattr(torch, torch_dtype)
     return pipeline("text-classification", model=model, device=device, dtype=dtype)
 
@@ -147,8 +152,7 @@ def names_topic(prompts: list[str], responses: list[str], *, topic: list[str], *
 def _causal_lm(lm: str, device: torch.device):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if lm.startswith(("/", ".", "~")) and not os.path.isdir(lm):
-        raise ValueError(f"reward_kwargs lm: directory '{lm}' not found; point it to a saved causal language model")
+    _check_local(lm, "lm", "causal language model")
     return AutoTokenizer.from_pretrained(lm), AutoModelForCausalLM.from_pretrained(lm).to(device).eval()
 
 

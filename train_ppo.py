@@ -51,8 +51,8 @@ from ppo_lm.model_card import write_model_card
 from ppo_lm.models import load_policy_and_reference, load_tokenizer
 from ppo_lm.output_dir import NewRun, holds_earlier_run, lock_output_dir, recover_interrupted_start
 from ppo_lm.plots import plot_run
-from ppo_lm.prompts import (check_columns, end_responses, held_out_prompts, text_prefixes, whole_prompts,
-                            with_columns)
+from ppo_lm.prompts import (check_columns, end_responses, held_out_prompts, penalise_unended, text_prefixes,
+                            whole_prompts, with_columns)
 from ppo_lm.processes import (agreed_stop, fail_together, finish, from_main_process,
                               lost_processes_and_memory_are_one_line)
 from ppo_lm.reward_contract import ScoreMoments, WeightedRewards, compute_rewards, load_reward_fn
@@ -243,10 +243,7 @@ def score(reward_fn: WeightedRewards, batch: dict, response_texts: list[str], en
     their weighted sum, missing_eos_penalty added where a response reached the limit without ending; and each
     function's own scores."""
     parts = reward_fn.parts(batch["query"], response_texts, with_columns(args.reward_kwargs, batch))
-    scores = reward_fn.total(parts)
-    if args.missing_eos_penalty is not None:
-        scores = [s + (0.0 if done else args.missing_eos_penalty) for s, done in zip(scores, ended)]
-    return scores, parts
+    return penalise_unended(reward_fn.total(parts), ended, args.missing_eos_penalty), parts
 
 
 def ppo_step(trainer: PPOTrainer, queries, responses, scores: list[float]) -> tuple[dict, int]:

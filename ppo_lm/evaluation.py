@@ -12,7 +12,7 @@ from statistics import stdev
 import torch
 
 from ppo_lm import zero
-from ppo_lm.prompts import first_prompts, with_columns
+from ppo_lm.prompts import first_prompts, penalise_unended, with_columns
 from ppo_lm.reward_contract import compute_rewards
 
 
@@ -44,10 +44,9 @@ def evaluate(trainer, tokenizer, prompts: dict, scorers: dict, reward_kwargs: di
     lengths = torch.randint(low, high + 1, (len(shown),), generator=torch.Generator().manual_seed(seed)).tolist()
     reward, *judges = scorers
     components = getattr(scorers[reward], "weights", {}) if len(getattr(scorers[reward], "fns", ())) > 1 else {}
-    penalty = missing_eos_penalty if end_responses is not None else None
     report, samples = {"prompts": shown, "scorers": [reward, *components, *judges], "response_tokens": [low, high],
                        "ends_at_eos": end_responses is not None, "components": components,
-                       "missing_eos_penalty": penalty}, {}
+                       "missing_eos_penalty": missing_eos_penalty}, {}
     if before is not None:
         report["before"] = before
     for name, model, context in [("before", reference, as_reference), ("after", policy, nullcontext)]:
@@ -62,12 +61,12 @@ def evaluate(trainer, tokenizer, prompts: dict, scorers: dict, reward_kwargs: di
         else:
             samples[name], ended = [r[:n] for r, n in zip(generated, lengths)], None
         texts = tokenizer.batch_decode(samples[name], skip_special_tokens=True)
-        report[name] = {"responses": texts} | ({"ended": ended} if ended is not None else {})
+        report[name] = {"responses": texts} | ({"ended": ended} if ended else {})
         for scorer, fn in scorers.items():
             parts = fn.parts(shown, texts, kwargs) if scorer == reward and components else {}
             scored = {scorer: fn.total(parts) if parts else compute_rewards(fn, shown, texts, kwargs)} | parts
-            if scorer == reward and penalty is not None:
-                scored[scorer] = [s + (0.0 if done else penalty) for s, done in zip(scored[scorer], ended)]
+            if scorer == reward and ended:
+                scored[scorer] = penalise_unended(scored[scorer], ended, missing_eos_penalty)
             for key, values in scored.items():
                 values = torch.tensor(values)
                 report[name][key] = {"scores": values.tolist(), "mean": values.mean().item(),
@@ -106,7 +105,7 @@ def write_eval_report(report: dict, output_dir, n_samples: int = 10) -> str:
                + f"; KL(policy || reference) {report['kl']:.2f} nats on {len(report['prompts'])} prompts, "
                + (f"responses ending at EOS or at {high} tokens as in training" if report.get("ends_at_eos") else
                   f"responses of {low}-{high} tokens as in training"))
-    if report.get("ends_at_eos") and "ended" in before and "ended" in after:
+    if "ended" in before and "ended" in after:
         ended = lambda side: 100 * sum(side["ended"]) / len(side["ended"])  # noqa: E731
         summary += f" (ended: {ended(before):.1f} % -> {ended(after):.1f} %)"
     if report.get("missing_eos_penalty") is not None:

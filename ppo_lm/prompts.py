@@ -156,6 +156,14 @@ def end_responses(responses: list, tokenizer, stop_strings: list[str], max_token
     return out, ended
 
 
+def penalise_unended(scores: list[float], ended: list[bool], penalty: float | None) -> list[float]:
+    """missing_eos_penalty: `penalty` added to the score of each response that reached the limit without ending (in
+    training and in the held-out report alike)."""
+    if penalty is None:
+        return scores
+    return [s + (0.0 if done else penalty) for s, done in zip(scores, ended, strict=True)]
+
+
 def reward_columns(dataset) -> list[str]:
     """The dataset's columns that reach the reward functions and the judges as keyword arguments."""
     return [c for c in dataset.column_names if c not in ("input_ids", "query")]
